@@ -1,0 +1,25 @@
+"""modelexport: Hugging Face and PyTorch models to ONNX, every node tagged with its module.
+
+Public API (imported lazily so that ``import modelexport`` does not pay for torch):
+``export``, ``export_module``, ``read_tags``, ``ExportResult``, ``ModelExportError``.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+__all__ = ["export", "export_module", "read_tags", "ExportResult", "ModelExportError", "NodeTag"]
+
+_LAZY = {
+    "export": "modelexport.export.pipeline",
+    "export_module": "modelexport.export.module_export",
+    "read_tags": "modelexport.hierarchy.tags",
+    "NodeTag": "modelexport.hierarchy.tags",
+    "ExportResult": "modelexport.export.result",
+    "ModelExportError": "modelexport.errors",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'modelexport' has no attribute {name!r}")

@@ -1,0 +1,94 @@
+"""``modelexport export MODEL OUTPUT_DIR``."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to an Optimum-ready folder with tagged ONNX",
+        description="Export a Hub id or local model folder to OUTPUT_DIR: ONNX file(s) with every node "
+        "tagged by its PyTorch module, config.json, preprocessors, modelexport_metadata.json.",
+    )
+    p.add_argument("model", metavar="MODEL", help="Hugging Face Hub id or local model folder")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder to create (must be empty or absent)")
+    p.add_argument("--task", default="auto", help="export task, e.g. text-classification (default: inferred)")
+    p.add_argument("--library", default="auto",
+                   help="transformers, sentence_transformers, timm or diffusers (default: inferred)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: Optimum's for the model)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUTPUT_DIR once the new one is complete")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the repository")
+    p.add_argument("--no-validate", dest="validate", action="store_false",
+                   help="skip comparing ONNX Runtime outputs with PyTorch")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="summary format on stdout")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from modelexport.cli.progress import ConsolePhaseReporter
+    from modelexport.export.pipeline import export
+
+    reporter = ConsolePhaseReporter() if args.format == "text" else None
+    result = export(
+        args.model,
+        args.output_dir,
+        task=args.task,
+        library=args.library,
+        opset=args.opset,
+        force=args.force,
+        trust_remote_code=args.trust_remote_code,
+        validate=args.validate,
+        reporter=reporter,
+    )
+    if args.format == "json":
+        print(json.dumps(summary_dict(result), indent=2))
+    else:
+        print_summary(result)
+    failed = [f.name for f in result.files if f.validation and not f.validation["passed"]]
+    return 3 if failed else 0
+
+
+def summary_dict(result) -> dict:
+    return {
+        "output": str(result.output),
+        "task": result.task,
+        "library": result.library,
+        "opset": result.opset,
+        "files": [
+            {"name": f.name, "nodes": f.nodes, "coverage": f.coverage, "validation": f.validation}
+            for f in result.files
+        ],
+        "artifacts": result.artifacts,
+        "max_abs_diff": result.max_abs_diff,
+        "timings_seconds": result.timings,
+    }
+
+
+def print_summary(result) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"Exported to {escape(str(result.output))}  (task {result.task}, opset {result.opset})")
+    for col in ("file", "nodes", "direct", "inferred", "root fallback", "max |ONNX−PyTorch|"):
+        table.add_column(col, justify="right" if col != "file" else "left")
+    for f in result.files:
+        c = f.coverage
+        if f.validation is None:
+            diff = "not validated"
+        else:
+            mark = "[green]ok[/]" if f.validation["passed"] else f"[red]above atol {f.validation['atol']:g}[/]"
+            diff = f"{f.validation['max_abs_diff']:.2e} {mark}"
+        table.add_row(escape(f.name), str(f.nodes), str(c["direct"]), str(c["inferred"]), str(c["root_fallback"]),
+                      diff)
+    console.print(table)
+    written = [name for a in result.artifacts if a["status"] == "written" for name in a["files"]]
+    skipped = [a["kind"] for a in result.artifacts if a["status"] == "skipped"]
+    console.print(f"Also written: {escape(', '.join(written))}, modelexport_metadata.json")
+    if skipped:
+        console.print(f"[dim]Not present in the model: {escape(', '.join(skipped))}[/]")
+    console.print(f"Done in {result.timings.get('total', 0):.1f} s")

@@ -1,0 +1,66 @@
+"""``modelexport`` command line: one module per verb, errors as one line on stderr."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from modelexport.cli import export as export_verb
+
+VERBS = (export_verb,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelexport",
+        description="Export Hugging Face / PyTorch models to ONNX with every node tagged by its PyTorch module.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and library logs")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    for verb in VERBS:
+        verb.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.debug:
+        quiet_libraries()
+    from modelexport.errors import ModelExportError
+
+    try:
+        return args.run(args) or 0
+    except ModelExportError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"modelexport: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("modelexport: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure: still one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"modelexport: error: {type(e).__name__}: {first} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def quiet_libraries() -> None:
+    """The libraries below us are chatty (tracer warnings, Optimum's info logs): keep the
+    terminal for our own progress and summary unless --debug."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "optimum", "torch", "sentence_transformers", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The non-ONNX files an Optimum-loadable folder needs: config, preprocessors, generation config.
+
+Each is tried on its own and recorded: which files it wrote, or why it wrote none. Only the
+exceptions the loaders raise for "this model has none" are caught; anything else is a bug and
+propagates.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# What transformers' Auto* loaders raise when a model has no such preprocessor.
+_ABSENT = (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError)
+
+
+@dataclass
+class ArtifactRecord:
+    kind: str  # config, tokenizer, image_processor, feature_extractor, processor, generation_config
+    status: str  # "written" or "skipped"
+    files: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+def _save(kind: str, obj, output_dir: Path, records: list[ArtifactRecord]) -> None:
+    # Save into an empty scratch folder first so the record names exactly this object's files,
+    # even where Optimum already wrote a file of the same name.
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".artifact-") as scratch:
+        obj.save_pretrained(scratch)
+        names = sorted(p.name for p in Path(scratch).iterdir())
+        for name in names:
+            target = output_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(Path(scratch) / name, target)
+    records.append(ArtifactRecord(kind, "written", names))
+
+
+def _skip(kind: str, reason: str, records: list[ArtifactRecord]) -> None:
+    records.append(ArtifactRecord(kind, "skipped", reason=reason.splitlines()[0][:300] if reason else ""))
+
+
+def write_artifacts(source_path: str | None, config, output_dir: Path, trust_remote_code: bool = False,
+                    generation_config=None) -> list[ArtifactRecord]:
+    """Write config.json and every preprocessor the model has into ``output_dir``."""
+    from transformers import (
+        AutoFeatureExtractor,
+        AutoImageProcessor,
+        AutoProcessor,
+        AutoTokenizer,
+        GenerationConfig,
+    )
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    records: list[ArtifactRecord] = []
+    _save("config", config, output_dir, records)
+
+    if source_path is None:
+        for kind in ("tokenizer", "image_processor", "feature_extractor", "processor"):
+            _skip(kind, "model was passed as an object: no folder to read preprocessors from", records)
+    else:
+        loaded = []
+        for kind, loader in (
+            ("tokenizer", AutoTokenizer),
+            ("image_processor", AutoImageProcessor),
+            ("feature_extractor", AutoFeatureExtractor),
+        ):
+            try:
+                obj = loader.from_pretrained(source_path, trust_remote_code=trust_remote_code)
+            except _ABSENT as e:
+                _skip(kind, f"none found ({type(e).__name__}: {e})", records)
+                continue
+            loaded.append(type(obj))
+            _save(kind, obj, output_dir, records)
+        try:
+            processor = AutoProcessor.from_pretrained(source_path, trust_remote_code=trust_remote_code)
+        except _ABSENT as e:
+            _skip("processor", f"none found ({type(e).__name__}: {e})", records)
+        else:
+            # AutoProcessor falls back to the tokenizer/feature extractor it finds: only a real
+            # multi-part processor adds something.
+            if isinstance(processor, PreTrainedTokenizerBase) or type(processor) in loaded:
+                _skip("processor", f"same as the {type(processor).__name__} already written", records)
+            else:
+                _save("processor", processor, output_dir, records)
+
+    if generation_config is None and source_path is not None:
+        try:
+            generation_config = GenerationConfig.from_pretrained(source_path)
+        except _ABSENT as e:
+            _skip("generation_config", f"none found ({type(e).__name__})", records)
+    if generation_config is not None:
+        _save("generation_config", generation_config, output_dir, records)
+    elif source_path is None:
+        _skip("generation_config", "model has none", records)
+    return records
+
+
+def records_as_dicts(records: list[ArtifactRecord]) -> list[dict]:
+    return [asdict(r) for r in records]

@@ -1,0 +1,49 @@
+"""``modelexport_metadata.json``: what was exported, how, and how well it was tagged."""
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+METADATA_FILE = "modelexport_metadata.json"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+def tool_versions() -> dict:
+    return {
+        "modelexport": _version("modelexport"),
+        "python": platform.python_version(),
+        **{p: _version(p) for p in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
+                                     "sentence-transformers")},
+    }
+
+
+def module_table(tree, node_counts_by_file: dict[str, dict[str, int]]) -> list[dict]:
+    rows = []
+    for info in tree:
+        counts = {f: c[info.path] for f, c in node_counts_by_file.items() if info.path in c}
+        rows.append({
+            "module_path": info.path,
+            "class": info.class_name,
+            "hierarchy_tag": info.tag,
+            "parent": info.parent,
+            "parameters": info.parameters,
+            "own_parameters": info.own_parameters,
+            "nodes": counts,  # nodes tagged with exactly this module, per file
+        })
+    return rows
+
+
+def write_metadata(output_dir: Path, document: dict) -> Path:
+    path = output_dir / METADATA_FILE
+    document = {"schema": "modelexport.metadata", "schema_version": SCHEMA_VERSION, **document}
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,124 @@
+"""``modelexport.export``: a Hugging Face model to an Optimum-ready folder, every node tagged."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from modelexport.errors import ModelExportError
+from modelexport.export.result import ExportResult, FileReport
+from modelexport.phases import PhaseReporter, Phases
+
+
+def export(
+    model,
+    output_dir,
+    *,
+    task: str = "auto",
+    library: str = "auto",
+    opset: int | None = None,
+    force: bool = False,
+    trust_remote_code: bool = False,
+    validate: bool = True,
+    reporter: PhaseReporter | None = None,
+) -> ExportResult:
+    """Export ``model`` (Hub id, local folder or loaded ``PreTrainedModel``) into ``output_dir``.
+
+    The folder is written beside ``output_dir`` and moved into place only when complete.
+    """
+    import onnx
+
+    from modelexport.export import artifacts as artifacts_mod
+    from modelexport.export.metadata import module_table, tool_versions, write_metadata
+    from modelexport.export.optimum_bridge import export_with_optimum
+    from modelexport.export.output_dir import check_output_dir, staged_output_dir
+    from modelexport.export.source import (
+        load_model,
+        prepare_for_task,
+        resolve_source,
+        source_of_loaded_model,
+    )
+    from modelexport.export.validation import validate_file
+    from modelexport.hierarchy.module_tree import ModuleTree
+    from modelexport.hierarchy.tagging import TaggingPass
+
+    started = time.perf_counter()
+    phases = Phases(reporter)
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir.resolve(), force)
+
+    with phases("load", "Loading model"):
+        if isinstance(model, (str, Path)):
+            source, config = resolve_source(str(model), task, library, trust_remote_code)
+            loaded = load_model(source, trust_remote_code)
+        else:
+            loaded = model
+            source = source_of_loaded_model(loaded, task)
+            prepare_for_task(loaded, source)
+            config = loaded.config
+        tree = ModuleTree.from_module(loaded)
+
+    with staged_output_dir(output_dir, force) as staging:
+        with phases("export", "Exporting with Optimum (torch.onnx trace)"):
+            try:
+                exported = export_with_optimum(loaded, source.task, source.library, staging, opset)
+            except ValueError as e:
+                # Optimum raises ValueError for opsets and inputs it cannot handle.
+                raise ModelExportError(f"Optimum could not export the model: {str(e).splitlines()[0]}") from e
+
+        instance_paths = {id(m): p for p, m in loaded.named_modules()}
+        reports: list[FileReport] = []
+        node_counts: dict[str, dict[str, int]] = {}
+        file_opset = None
+        with phases("tag", "Tagging nodes with their modules"):
+            for item in exported:
+                path = staging / item.name
+                proto = onnx.load(str(path), load_external_data=False)
+                root = instance_paths.get(id(item.submodel), "")
+                tagged = TaggingPass(tree, root)(proto)
+                onnx.save(proto, str(path))
+                file_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+                node_counts[item.name] = tagged.node_count_by_module
+                reports.append(FileReport(item.name, root, tagged.coverage.nodes, tagged.coverage.as_dict()))
+
+        with phases("artifacts", "Writing config and preprocessors"):
+            generation_config = getattr(loaded, "generation_config", None)
+            can_generate = getattr(loaded, "can_generate", lambda: False)()
+            records = artifacts_mod.write_artifacts(
+                source.name_or_path,
+                config,
+                staging,
+                trust_remote_code=trust_remote_code,
+                generation_config=generation_config if can_generate else None,
+            )
+
+        if validate:
+            with phases("validate", "Comparing ONNX Runtime with PyTorch"):
+                for item, report in zip(exported, reports):
+                    report.validation = validate_file(staging / item.name, item.submodel, item.onnx_config).as_dict()
+
+        result = ExportResult(
+            output=output_dir,
+            files=reports,
+            task=source.task,
+            library=source.library,
+            opset=file_opset,
+            artifacts=artifacts_mod.records_as_dicts(records),
+            timings=phases.timings,
+        )
+        result.timings["total"] = time.perf_counter() - started
+        document = {
+            "tool_versions": tool_versions(),
+            "source": {"model": source.name_or_path, "local": source.is_local, "model_type": source.model_type,
+                       "model_class": type(loaded).__name__},
+            "task": source.task,
+            "library": source.library,
+            "opset": file_opset,
+            "files": {r.name: {"root_module": r.root_module, "nodes": r.nodes, "coverage": r.coverage,
+                               "validation": r.validation} for r in reports},
+            "artifacts": result.artifacts,
+            "modules": module_table(tree, node_counts),
+            "timings_seconds": {k: round(v, 4) for k, v in result.timings.items()},
+        }
+        write_metadata(staging, document)
+    result.metadata_path = output_dir / "modelexport_metadata.json"
+    return result

@@ -1,0 +1,134 @@
+"""The module tree of a PyTorch model: one entry per ``named_modules()`` path.
+
+Every later step keys on these paths. The tree also knows the names the TorchScript
+exporter gives modules in ONNX node scopes, so scopes can be resolved back to paths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+# Containers that hold children but never run code of their own: a child reached through
+# them is written as ``ClassName.<index>`` and the container itself is left out of the tag.
+_PASSIVE_CONTAINERS = ("ModuleList", "ModuleDict", "ParameterList", "ParameterDict")
+
+
+def torchscript_scope_name(qualified_name: str) -> str:
+    """The name torch.onnx (TorchScript) writes for a module in node scopes.
+
+    Mirrors ``_unqualified_variable_name`` in torch's exporter: the last atom of the dotted
+    path, extended backwards over purely numeric atoms (``encoder.layer.0`` -> ``layer.0``).
+    """
+    atoms = qualified_name.split(".")
+    for i in range(len(atoms) - 1, -1, -1):
+        if not atoms[i].isnumeric():
+            return ".".join(atoms[i:])
+    return qualified_name
+
+
+@dataclass
+class ModuleInfo:
+    path: str  # named_modules() name; "" is the root
+    class_name: str
+    parent: str | None
+    tag: str  # hierarchy tag, e.g. /BertModel/BertEncoder/BertLayer.0
+    own_parameters: int  # parameters registered directly on this module
+    parameters: int = 0  # own + descendants (each shared tensor counted once)
+    children: list[str] = field(default_factory=list)
+    depth: int = 0
+
+
+class ModuleTree:
+    """Paths, classes, tags and parameter counts of a model's modules."""
+
+    def __init__(self, modules: dict[str, ModuleInfo]):
+        self.modules = modules
+        self._by_scope_name: dict[str, list[str]] = {}
+        for path in modules:
+            if path:
+                self._by_scope_name.setdefault(torchscript_scope_name(path), []).append(path)
+        self._ancestor_cache: dict[str, tuple[str, ...]] = {}
+
+    @classmethod
+    def from_module(cls, root) -> "ModuleTree":
+        modules: dict[str, ModuleInfo] = {}
+        instance_of: dict[str, object] = {}
+        for path, module in root.named_modules():
+            instance_of[path] = module
+            class_name = type(module).__name__
+            own = sum(p.numel() for p in module.parameters(recurse=False))
+            if not path:
+                modules[path] = ModuleInfo(path, class_name, None, "/" + class_name, own)
+                continue
+            parent, _, leaf = path.rpartition(".")
+            parent_info = modules[parent]
+            parent_info.children.append(path)
+            parent_class = parent_info.class_name
+            indexed = leaf.isnumeric() or parent_class == "ModuleDict"
+            segment = f"{class_name}.{leaf}" if indexed else class_name
+            # A passive container's own segment is dropped from its children's tags.
+            base_tag = parent_info.tag
+            if parent_class in _PASSIVE_CONTAINERS and parent_info.parent is not None:
+                base_tag = modules[parent_info.parent].tag
+            modules[path] = ModuleInfo(
+                path, class_name, parent, f"{base_tag}/{segment}", own, depth=parent_info.depth + 1
+            )
+        # Total parameters per module, counting each tensor once even when shared.
+        for path, module in instance_of.items():
+            modules[path].parameters = sum(p.numel() for p in module.parameters())
+        return cls(modules)
+
+    # -- queries -----------------------------------------------------------------------
+    def __contains__(self, path: str) -> bool:
+        return path in self.modules
+
+    def __iter__(self) -> Iterator[ModuleInfo]:
+        return iter(self.modules.values())
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def tag(self, path: str) -> str:
+        return self.modules[path].tag
+
+    def ancestors(self, path: str) -> tuple[str, ...]:
+        """The chain root..path (inclusive)."""
+        cached = self._ancestor_cache.get(path)
+        if cached is None:
+            parent = self.modules[path].parent
+            cached = (self.ancestors(parent) if parent is not None else ()) + (path,)
+            self._ancestor_cache[path] = cached
+        return cached
+
+    def common_ancestor(self, paths) -> str:
+        """Deepest module that contains every path given."""
+        common: tuple[str, ...] | None = None
+        for path in paths:
+            chain = self.ancestors(path)
+            if common is None:
+                common = chain
+                continue
+            n = 0
+            for a, b in zip(common, chain):
+                if a != b:
+                    break
+                n += 1
+            common = common[:n]
+        return common[-1] if common else ""
+
+    def find_scope_child(self, current: str, scope_name: str) -> str | None:
+        """The module a scope component names, below ``current``.
+
+        A direct child is preferred; otherwise the shallowest descendant with that scope name,
+        which covers modules that call a grandchild's ``forward`` directly (a level the trace
+        never saw).
+        """
+        candidates = self._by_scope_name.get(scope_name)
+        if not candidates:
+            return None
+        prefix = current + "." if current else ""
+        best = None
+        for path in candidates:
+            if path.startswith(prefix) and (best is None or path.count(".") < best.count(".")):
+                best = path
+        return best

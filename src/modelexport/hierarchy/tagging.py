@@ -1,0 +1,161 @@
+"""The tagging pass: give every ONNX node the module that produced it.
+
+Raw material is what the TorchScript exporter records in node names: the scope of the
+module call stack, e.g. ``/bert/encoder/layer.0/attention/self/query/MatMul``. Each scope
+component is the module's TorchScript scope name (see ``torchscript_scope_name``).
+Traps handled here:
+- a second call of a module is written ``name_1`` (shared modules, tied weights);
+- a module that calls a grandchild's ``forward`` directly leaves a level out;
+- nodes without a scope (constants, folded shape arithmetic, post-processing) are tagged
+  from the nodes that consume, then produce, their values; only then the root.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import onnx
+
+from modelexport.hierarchy.module_tree import ModuleTree
+from modelexport.hierarchy.tags import iter_nodes, write_tag
+
+_CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
+
+DIRECT, INFERRED, ROOT_FALLBACK = "direct", "inferred", "root"
+
+
+@dataclass
+class Coverage:
+    """How each node of one ONNX file got its tag."""
+
+    nodes: int = 0
+    direct: int = 0  # the exporter's scope named the module
+    inferred: int = 0  # from the nodes around it
+    root_fallback: int = 0  # nothing fitted: tagged with the file's root module
+    partial_scope: int = 0  # direct, but some scope component matched no module
+    at_root: int = 0  # nodes whose module is the root, for whatever reason
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["direct_pct"] = round(100.0 * self.direct / self.nodes, 2) if self.nodes else 0.0
+        return d
+
+
+@dataclass
+class TaggingResult:
+    coverage: Coverage
+    node_count_by_module: dict[str, int]
+
+
+class ScopeResolver:
+    """Maps TorchScript scope names to module paths, below the file's traced root."""
+
+    def __init__(self, tree: ModuleTree, root_path: str = ""):
+        self.tree = tree
+        self.root_path = root_path
+        self._cache: dict[str, tuple[str, bool]] = {}
+
+    def resolve(self, scope: str) -> tuple[str, bool]:
+        """Module path for a scope string ``a/b.0/c``; the flag is True when all of it matched."""
+        hit = self._cache.get(scope)
+        if hit is not None:
+            return hit
+        current, complete = self.root_path, True
+        for component in scope.split("/") if scope else ():
+            found = self.tree.find_scope_child(current, component)
+            if found is None:
+                m = _CALL_SUFFIX.match(component)
+                if m:
+                    found = self.tree.find_scope_child(current, m.group(1))
+            if found is None:
+                complete = False
+                continue
+            current = found
+        self._cache[scope] = (current, complete)
+        return current, complete
+
+
+def scope_of(node_name: str) -> str | None:
+    """Scope part of a TorchScript node name; None when the exporter recorded none."""
+    if not node_name.startswith("/"):
+        return None
+    return node_name[1:].rpartition("/")[0]
+
+
+class TaggingPass:
+    """Writes ``module_path`` and ``hierarchy_tag`` on every node of a model, subgraphs too."""
+
+    def __init__(self, tree: ModuleTree, root_path: str = ""):
+        if root_path not in tree:
+            raise ValueError(f"root module {root_path!r} is not in the module tree")
+        self.tree = tree
+        self.root_path = root_path
+        self.resolver = ScopeResolver(tree, root_path)
+
+    def __call__(self, model: onnx.ModelProto) -> TaggingResult:
+        coverage = Coverage()
+        paths = self._assign_main_graph(model.graph, coverage)
+        counts: dict[str, int] = {}
+        for node, path in paths:
+            write_tag(node, path, self.tree.tag(path))
+            counts[path] = counts.get(path, 0) + 1
+        coverage.nodes = len(paths)
+        coverage.at_root = counts.get(self.root_path, 0)
+        return TaggingResult(coverage, counts)
+
+    def _direct(self, node: onnx.NodeProto, coverage: Coverage) -> str | None:
+        scope = scope_of(node.name)
+        if scope is None:
+            return None
+        path, complete = self.resolver.resolve(scope)
+        coverage.direct += 1
+        if not complete:
+            coverage.partial_scope += 1
+        return path
+
+    def _assign_main_graph(self, graph: onnx.GraphProto, coverage: Coverage) -> list[tuple[onnx.NodeProto, str]]:
+        nodes = list(graph.node)
+        assigned: list[str | None] = [self._direct(n, coverage) for n in nodes]
+        producer: dict[str, int] = {}
+        consumers: dict[str, list[int]] = {}
+        for i, node in enumerate(nodes):
+            for out in node.output:
+                if out:
+                    producer[out] = i
+            for inp in node.input:
+                if inp:
+                    consumers.setdefault(inp, []).append(i)
+
+        # Unscoped nodes: first from consumers (reverse topological order, so chains of
+        # unscoped nodes resolve), then from producers (forward order), then the root.
+        unknown = [i for i, p in enumerate(assigned) if p is None]
+        for i in reversed(unknown):
+            found = [assigned[c] for out in nodes[i].output for c in consumers.get(out, ()) if assigned[c] is not None]
+            if found:
+                assigned[i] = self.tree.common_ancestor(found)
+                coverage.inferred += 1
+        for i in unknown:
+            if assigned[i] is not None:
+                continue
+            found = [assigned[producer[x]] for x in nodes[i].input if x in producer and assigned[producer[x]] is not None]
+            if found:
+                assigned[i] = self.tree.common_ancestor(found)
+                coverage.inferred += 1
+            else:
+                assigned[i] = self.root_path
+                coverage.root_fallback += 1
+
+        result = [(node, path) for node, path in zip(nodes, assigned)]
+        # Subgraph nodes (If/Loop bodies, e.g. Optimum's merged decoders): their own scope
+        # if they have one, else the module of the node that holds the subgraph.
+        for node, path in zip(nodes, assigned):
+            for attr in node.attribute:
+                subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+                for sub in subgraphs:
+                    for inner, _ in iter_nodes(sub):
+                        inner_path = self._direct(inner, coverage)
+                        if inner_path is None:
+                            inner_path = path
+                            coverage.inferred += 1
+                        result.append((inner, inner_path))
+        return result

@@ -1,0 +1,63 @@
+"""Reading and writing module tags on ONNX nodes: the only place that touches the keys.
+
+Tags live in the node's standard ``metadata_props`` so every ONNX tool accepts the file.
+Import cost matters here: this module needs only ``onnx``, never torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import onnx
+
+MODULE_PATH_KEY = "module_path"
+HIERARCHY_TAG_KEY = "hierarchy_tag"
+TAG_KEYS = (MODULE_PATH_KEY, HIERARCHY_TAG_KEY)
+
+
+@dataclass(frozen=True)
+class NodeTag:
+    node_name: str
+    op_type: str
+    module_path: str | None  # None when the node carries no tag
+    hierarchy_tag: str | None
+    graph_path: str  # "" for the main graph, "If_0/then_branch" for a subgraph
+
+
+def iter_nodes(graph: onnx.GraphProto, graph_path: str = "") -> Iterator[tuple[onnx.NodeProto, str]]:
+    """Every node of a graph and of its subgraphs (If/Loop/Scan bodies), depth first."""
+    for node in graph.node:
+        yield node, graph_path
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_nodes(attr.g, f"{graph_path}{node.name}/{attr.name}/")
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for i, sub in enumerate(attr.graphs):
+                    yield from iter_nodes(sub, f"{graph_path}{node.name}/{attr.name}.{i}/")
+
+
+def write_tag(node: onnx.NodeProto, module_path: str, hierarchy_tag: str) -> None:
+    """Set both tags on a node, replacing earlier values of our keys and keeping any others."""
+    kept = [(p.key, p.value) for p in node.metadata_props if p.key not in TAG_KEYS]
+    del node.metadata_props[:]
+    for key, value in kept:
+        node.metadata_props.add(key=key, value=value)
+    node.metadata_props.add(key=MODULE_PATH_KEY, value=module_path)
+    node.metadata_props.add(key=HIERARCHY_TAG_KEY, value=hierarchy_tag)
+
+
+def node_tag(node: onnx.NodeProto, graph_path: str = "") -> NodeTag:
+    props = {p.key: p.value for p in node.metadata_props}
+    return NodeTag(
+        node.name, node.op_type, props.get(MODULE_PATH_KEY), props.get(HIERARCHY_TAG_KEY), graph_path.rstrip("/")
+    )
+
+
+def read_tags(model: onnx.ModelProto | str) -> list[NodeTag]:
+    """The tags of every node (subgraphs included) of a model or an ONNX file path.
+
+    External weights are not loaded: tags live in the graph, not in the data.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return [node_tag(node, path) for node, path in iter_nodes(model.graph)]
