@@ -10,11 +10,11 @@ from importlib import import_module
 __all__ = ["export", "export_module", "read_tags", "ExportResult", "ModelExportError", "NodeTag"]
 
 _LAZY = {
-    "export": "modelexport.export.pipeline",
-    "export_module": "modelexport.export.module_export",
+    "export": "modelexport.exporter.pipeline",
+    "export_module": "modelexport.exporter.module_export",
     "read_tags": "modelexport.hierarchy.tags",
     "NodeTag": "modelexport.hierarchy.tags",
-    "ExportResult": "modelexport.export.result",
+    "ExportResult": "modelexport.exporter.result",
     "ModelExportError": "modelexport.errors",
 }
 

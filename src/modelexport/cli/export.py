@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from modelexport.cli.progress import ConsolePhaseReporter
-    from modelexport.export.pipeline import export
+    from modelexport.exporter.pipeline import export
 
     reporter = ConsolePhaseReporter() if args.format == "text" else None
     result = export(

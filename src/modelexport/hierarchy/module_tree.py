@@ -101,7 +101,7 @@ class ModuleTree:
         return cached
 
     def common_ancestor(self, paths) -> str:
-        """Deepest module that contains every path given."""
+        """Deepest module that runs code and contains every path given."""
         common: tuple[str, ...] | None = None
         for path in paths:
             chain = self.ancestors(path)
@@ -114,7 +114,14 @@ class ModuleTree:
                     break
                 n += 1
             common = common[:n]
-        return common[-1] if common else ""
+        if not common:
+            return ""
+        # A ModuleList never runs code of its own: a node shared by two of its items belongs
+        # to the module that owns the list.
+        for path in reversed(common):
+            if self.modules[path].class_name not in _PASSIVE_CONTAINERS:
+                return path
+        return common[0]
 
     def find_scope_child(self, current: str, scope_name: str) -> str | None:
         """The module a scope component names, below ``current``.

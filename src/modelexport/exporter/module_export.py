@@ -6,7 +6,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from modelexport.export.result import ExportResult, FileReport
+from modelexport.exporter.result import ExportResult, FileReport
 
 
 def export_module(

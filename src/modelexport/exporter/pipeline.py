@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from modelexport.errors import ModelExportError
-from modelexport.export.result import ExportResult, FileReport
+from modelexport.exporter.result import ExportResult, FileReport
 from modelexport.phases import PhaseReporter, Phases
 
 
@@ -27,17 +27,18 @@ def export(
     """
     import onnx
 
-    from modelexport.export import artifacts as artifacts_mod
-    from modelexport.export.metadata import module_table, tool_versions, write_metadata
-    from modelexport.export.optimum_bridge import export_with_optimum
-    from modelexport.export.output_dir import check_output_dir, staged_output_dir
-    from modelexport.export.source import (
+    from modelexport.exporter import artifacts as artifacts_mod
+    from modelexport.exporter.metadata import module_table, tool_versions, write_metadata
+    from modelexport.exporter.optimum_bridge import export_with_optimum
+    from modelexport.exporter.ort_class import ort_model_class_name
+    from modelexport.exporter.output_dir import check_output_dir, staged_output_dir
+    from modelexport.exporter.source import (
         load_model,
         prepare_for_task,
         resolve_source,
         source_of_loaded_model,
     )
-    from modelexport.export.validation import validate_file
+    from modelexport.exporter.validation import validate_file
     from modelexport.hierarchy.module_tree import ModuleTree
     from modelexport.hierarchy.tagging import TaggingPass
 
@@ -104,6 +105,7 @@ def export(
             opset=file_opset,
             artifacts=artifacts_mod.records_as_dicts(records),
             timings=phases.timings,
+            ort_model_class=ort_model_class_name(source.task, source.library, config),
         )
         result.timings["total"] = time.perf_counter() - started
         document = {
@@ -112,6 +114,7 @@ def export(
                        "model_class": type(loaded).__name__},
             "task": source.task,
             "library": source.library,
+            "ort_model_class": result.ort_model_class,
             "opset": file_opset,
             "files": {r.name: {"root_module": r.root_module, "nodes": r.nodes, "coverage": r.coverage,
                                "validation": r.validation} for r in reports},

@@ -24,6 +24,7 @@ class ExportResult:
     artifacts: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     metadata_path: Path | None = None
+    ort_model_class: str | None = None  # the optimum.onnxruntime class that loads the folder
 
     @property
     def max_abs_diff(self) -> float | None:

