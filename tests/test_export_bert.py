@@ -108,6 +108,10 @@ def test_metadata_json_is_consistent_with_graph(tiny_bert_export):
     assert file_doc["validation"]["passed"] and file_doc["validation"]["max_abs_diff"] < 1e-4
     assert set(doc["timings_seconds"]) >= {"load", "export", "tag", "artifacts", "validate", "total"}
     root = next(m for m in doc["modules"] if m["module_path"] == "")
+    assert root["nodes_total"]["model.onnx"] == cov["nodes"]
+    layer1 = next(m for m in doc["modules"] if m["module_path"] == "bert.encoder.layer.1")
+    assert layer1["nodes_total"]["model.onnx"] == sum(
+        t.module_path == "bert.encoder.layer.1" or t.module_path.startswith("bert.encoder.layer.1.") for t in tags)
     assert root["parameters"] == sum(m["own_parameters"] for m in doc["modules"])
 
 

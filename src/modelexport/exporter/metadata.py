@@ -27,6 +27,13 @@ def tool_versions() -> dict:
 
 
 def module_table(tree, node_counts_by_file: dict[str, dict[str, int]]) -> list[dict]:
+    # Totals include descendants: add each module's own count to every ancestor once.
+    totals: dict[str, dict[str, int]] = {}
+    for file, counts in node_counts_by_file.items():
+        for path, n in counts.items():
+            for ancestor in tree.ancestors(path):
+                per_file = totals.setdefault(ancestor, {})
+                per_file[file] = per_file.get(file, 0) + n
     rows = []
     for info in tree:
         counts = {f: c[info.path] for f, c in node_counts_by_file.items() if info.path in c}
@@ -38,6 +45,7 @@ def module_table(tree, node_counts_by_file: dict[str, dict[str, int]]) -> list[d
             "parameters": info.parameters,
             "own_parameters": info.own_parameters,
             "nodes": counts,  # nodes tagged with exactly this module, per file
+            "nodes_total": totals.get(info.path, {}),  # this module and its descendants, per file
         })
     return rows
 

@@ -23,11 +23,10 @@ def export_module(
 
     The file appears at ``path`` only once it is complete and tagged.
     """
-    import onnx
     import torch
 
     from modelexport.hierarchy.module_tree import ModuleTree
-    from modelexport.hierarchy.tagging import TaggingPass
+    from modelexport.hierarchy.tagging import tag_file
 
     if not isinstance(args, tuple):
         args = (args,)
@@ -55,15 +54,12 @@ def export_module(
             )
         timings["export"] = time.perf_counter() - t
         t = time.perf_counter()
-        proto = onnx.load(str(tmp), load_external_data=False)
-        tagged = TaggingPass(tree, "")(proto)
-        onnx.save(proto, str(tmp))
+        tagged, file_opset = tag_file(tmp, tree, "")
         timings["tag"] = time.perf_counter() - t
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     timings["total"] = time.perf_counter() - started
-    file_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     report = FileReport(path.name, "", tagged.coverage.nodes, tagged.coverage.as_dict())
     return ExportResult(output=path, files=[report], opset=file_opset, timings=timings)

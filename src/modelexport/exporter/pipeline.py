@@ -25,8 +25,6 @@ def export(
 
     The folder is written beside ``output_dir`` and moved into place only when complete.
     """
-    import onnx
-
     from modelexport.exporter import artifacts as artifacts_mod
     from modelexport.exporter.metadata import module_table, tool_versions, write_metadata
     from modelexport.exporter.optimum_bridge import export_with_optimum
@@ -40,7 +38,7 @@ def export(
     )
     from modelexport.exporter.validation import validate_file
     from modelexport.hierarchy.module_tree import ModuleTree
-    from modelexport.hierarchy.tagging import TaggingPass
+    from modelexport.hierarchy.tagging import tag_file
 
     started = time.perf_counter()
     phases = Phases(reporter)
@@ -72,12 +70,8 @@ def export(
         file_opset = None
         with phases("tag", "Tagging nodes with their modules"):
             for item in exported:
-                path = staging / item.name
-                proto = onnx.load(str(path), load_external_data=False)
                 root = instance_paths.get(id(item.submodel), "")
-                tagged = TaggingPass(tree, root)(proto)
-                onnx.save(proto, str(path))
-                file_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+                tagged, file_opset = tag_file(staging / item.name, tree, root)
                 node_counts[item.name] = tagged.node_count_by_module
                 reports.append(FileReport(item.name, root, tagged.coverage.nodes, tagged.coverage.as_dict()))
 

@@ -92,9 +92,11 @@ class TaggingPass:
         self.root_path = root_path
         self.resolver = ScopeResolver(tree, root_path)
 
-    def __call__(self, model: onnx.ModelProto) -> TaggingResult:
+    def __call__(self, model: onnx.ModelProto | onnx.GraphProto) -> TaggingResult:
+        """Tag a model, or a graph (only its nodes are read, e.g. a ``NodeSplice.graph``)."""
+        graph = model.graph if isinstance(model, onnx.ModelProto) else model
         coverage = Coverage()
-        paths = self._assign_main_graph(model.graph, coverage)
+        paths = self._assign_main_graph(graph, coverage)
         counts: dict[str, int] = {}
         for node, path in paths:
             write_tag(node, path, self.tree.tag(path))
@@ -114,7 +116,7 @@ class TaggingPass:
         return path
 
     def _assign_main_graph(self, graph: onnx.GraphProto, coverage: Coverage) -> list[tuple[onnx.NodeProto, str]]:
-        nodes = list(graph.node)
+        nodes = graph.node
         assigned: list[str | None] = [self._direct(n, coverage) for n in nodes]
         producer: dict[str, int] = {}
         consumers: dict[str, list[int]] = {}
@@ -159,3 +161,21 @@ class TaggingPass:
                             coverage.inferred += 1
                         result.append((inner, inner_path))
         return result
+
+
+def tag_file(path, tree: ModuleTree, root_path: str = "") -> tuple[TaggingResult, int | None]:
+    """Tag an ONNX file in place; returns the result and the file's default-domain opset.
+
+    Only the nodes are parsed and rewritten (``NodeSplice``); weights are copied as bytes.
+    """
+    from modelexport.hierarchy.node_splice import NodeSplice
+
+    splice = NodeSplice(path)
+    try:
+        result = TaggingPass(tree, root_path)(splice.graph)
+    except BaseException:
+        splice.close()
+        raise
+    opset = next((o.version for o in splice.opset_imports if o.domain in ("", "ai.onnx")), None)
+    splice.write()
+    return result, opset

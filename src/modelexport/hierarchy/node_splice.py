@@ -1,0 +1,160 @@
+"""Rewrite the nodes of an ONNX file without parsing or re-serialising its weights.
+
+``onnx.load`` + ``onnx.save`` of a model with embedded weights costs time proportional to the
+weights (about 0.5 s for the 90 MB MiniLM here), although tagging touches only the nodes. This
+module walks the protobuf wire format of ``ModelProto`` down to ``GraphProto.node`` (field 1 of
+field 7), parses just those small messages, and writes the file back with every other byte
+range — initializers included — copied as it was. The result is a valid serialisation of the
+same ``ModelProto`` with the new nodes (protobuf allows fields in any order; we keep the order).
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import onnx
+
+_MODEL_GRAPH_FIELD = 7
+_MODEL_OPSET_FIELD = 8
+_GRAPH_NODE_FIELD = 1
+_LEN = 2
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _fields(buf: memoryview, start: int, end: int):
+    """(field number, wire type, field start, payload start, payload end) of each field."""
+    pos = start
+    while pos < end:
+        field_start = pos
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+            payload_start = pos
+        elif wire == 1:
+            payload_start, pos = pos, pos + 8
+        elif wire == 2:
+            length, payload_start = _varint(buf, pos)
+            pos = payload_start + length
+        elif wire == 5:
+            payload_start, pos = pos, pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated protobuf field")
+        yield number, wire, field_start, payload_start, pos
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _encode_varint((number << 3) | _LEN) + _encode_varint(len(payload)) + payload
+
+
+class NodeSplice:
+    """The nodes of one ONNX file, editable, and a way to write them back cheaply."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        # mmap: only the pages holding field headers and nodes are read; weights stay on disk
+        # (or in the page cache) and are later copied kernel-side.
+        with open(self.path, "rb") as f:
+            self._size = os.fstat(f.fileno()).st_size
+            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self._size else None
+        if self._mmap is None:
+            raise ValueError(f"{path}: empty file")
+        try:
+            with memoryview(self._mmap) as buf:
+                top = list(_fields(buf, 0, self._size))
+                graphs = [f for f in top if f[0] == _MODEL_GRAPH_FIELD and f[1] == _LEN]
+                self.opset_imports = [onnx.OperatorSetIdProto.FromString(bytes(buf[f[3]:f[4]]))
+                                      for f in top if f[0] == _MODEL_OPSET_FIELD and f[1] == _LEN]
+                if len(graphs) != 1:
+                    raise ValueError(f"{path}: expected one graph, found {len(graphs)}")
+                _, _, self._graph_field_start, self._graph_start, self._graph_end = graphs[0]
+                self._graph_fields = list(_fields(buf, self._graph_start, self._graph_end))
+                node_bytes = b"".join(
+                    buf[f[2]:f[4]] for f in self._graph_fields if f[0] == _GRAPH_NODE_FIELD and f[1] == _LEN)
+        except BaseException:
+            self.close()
+            raise
+        # A GraphProto holding only the nodes: what the tagging pass reads and edits.
+        self.graph = onnx.GraphProto.FromString(node_bytes)
+
+    def write(self, path: Path | None = None) -> None:
+        """Write the file with the (edited) nodes in place of the original ones."""
+        target = Path(path) if path is not None else self.path
+        nodes = iter(self.graph.node)
+        # Each piece is new bytes, or an (offset, length) range of the original file.
+        pieces: list[bytes | tuple[int, int]] = []
+        for number, wire, field_start, _, field_end in self._graph_fields:
+            if number == _GRAPH_NODE_FIELD and wire == _LEN:
+                pieces.append(_length_delimited(_GRAPH_NODE_FIELD, next(nodes).SerializeToString()))
+            elif pieces and isinstance(pieces[-1], tuple) and sum(pieces[-1]) == field_start:
+                pieces[-1] = (pieces[-1][0], field_end - pieces[-1][0])  # extend a contiguous range
+            else:
+                pieces.append((field_start, field_end - field_start))
+        graph_len = sum(len(p) if isinstance(p, bytes) else p[1] for p in pieces)
+        graph_key = _encode_varint((_MODEL_GRAPH_FIELD << 3) | _LEN) + _encode_varint(graph_len)
+        pieces = [(0, self._graph_field_start), graph_key, *pieces, (self._graph_end, self._size - self._graph_end)]
+        tmp = target.with_name(f".{target.name}.tagging")
+        try:
+            with open(self.path, "rb") as src, open(tmp, "wb") as dst:
+                for piece in pieces:
+                    if isinstance(piece, bytes):
+                        dst.write(piece)
+                    else:
+                        dst.flush()
+                        _copy_range(src.fileno(), dst.fileno(), *piece)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
+
+
+def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    """Copy bytes between files in the kernel (copy_file_range), else through a buffer."""
+    os.lseek(dst, 0, os.SEEK_END)
+    while length > 0:
+        try:
+            n = os.copy_file_range(src, dst, length, offset)
+        except (AttributeError, OSError):
+            os.lseek(src, offset, os.SEEK_SET)
+            chunk = os.read(src, min(length, 1 << 24))
+            n = os.write(dst, chunk)
+        if n <= 0:
+            raise OSError("short copy while rewriting the ONNX file")
+        offset += n
+        length -= n

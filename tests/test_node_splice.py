@@ -1,0 +1,65 @@
+"""NodeSplice rewrites nodes without touching weights: the bytes must equal onnx's own save."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from modelexport.hierarchy.node_splice import NodeSplice
+from modelexport.hierarchy.tags import write_tag
+
+
+def _model(with_subgraph: bool = False) -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="/lin/MatMul"),
+             helper.make_node("Relu", ["h"], ["y"], name="/Relu")]
+    if with_subgraph:
+        branch = helper.make_graph([helper.make_node("Identity", ["y"], ["z"], name="/inner/Identity")], "b", [],
+                                   [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 64])])
+        nodes.append(helper.make_node("Constant", [], ["c"], value=helper.make_tensor("t", TensorProto.BOOL, [], [1])))
+        nodes.append(helper.make_node("If", ["c"], ["out"], name="If_0", then_branch=branch, else_branch=branch))
+    out = "out" if with_subgraph else "y"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 64])], [weight])
+    model = helper.make_model(graph, producer_name="test", opset_imports=[helper.make_opsetid("", 17)])
+    model.metadata_props.add(key="after_graph", value="kept")
+    return model
+
+
+@pytest.mark.parametrize("with_subgraph", [False, True])
+def test_splice_equals_full_load_and_save(tmp_path, with_subgraph):
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(with_subgraph), path)
+    expected = onnx.load(path)
+    for node in expected.graph.node:
+        write_tag(node, "lin", "/M/Linear")
+    splice = NodeSplice(path)
+    assert [o.version for o in splice.opset_imports] == [17]
+    for node in splice.graph.node:
+        write_tag(node, "lin", "/M/Linear")
+    splice.write()
+    assert path.read_bytes() == expected.SerializeToString()
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_external_data_stays_external(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(), path, save_as_external_data=True, location="m.onnx_data", size_threshold=0)
+    data_before = (tmp_path / "m.onnx_data").read_bytes()
+    splice = NodeSplice(path)
+    write_tag(splice.graph.node[0], "lin", "/M/Linear")
+    splice.write()
+    assert (tmp_path / "m.onnx_data").read_bytes() == data_before
+    model = onnx.load(path)  # loads the external weights
+    assert {p.key: p.value for p in model.graph.node[0].metadata_props}["module_path"] == "lin"
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xff\xff", b"not an onnx file at all"])
+def test_non_onnx_bytes_raise_value_error(tmp_path, content):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ValueError):
+        NodeSplice(path)
