@@ -38,8 +38,18 @@ def _save(kind: str, obj, output_dir: Path, records: list[ArtifactRecord]) -> No
     records.append(ArtifactRecord(kind, "written", names))
 
 
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 def _skip(kind: str, reason: str, records: list[ArtifactRecord]) -> None:
-    records.append(ArtifactRecord(kind, "skipped", reason=reason.splitlines()[0][:300] if reason else ""))
+    records.append(ArtifactRecord(kind, "skipped", reason=_first_line(reason)[:300]))
+
+
+def _absent(e: Exception) -> str:
+    if isinstance(e, ImportError):
+        return f"could not be loaded: {_first_line(str(e))}"
+    return f"none found ({type(e).__name__}: {_first_line(str(e))})"
 
 
 def write_artifacts(source_path: str | None, config, output_dir: Path, trust_remote_code: bool = False,
@@ -70,27 +80,32 @@ def write_artifacts(source_path: str | None, config, output_dir: Path, trust_rem
             try:
                 obj = loader.from_pretrained(source_path, trust_remote_code=trust_remote_code)
             except _ABSENT as e:
-                _skip(kind, f"none found ({type(e).__name__}: {e})", records)
+                _skip(kind, _absent(e), records)
                 continue
             loaded.append(type(obj))
             _save(kind, obj, output_dir, records)
-        try:
-            processor = AutoProcessor.from_pretrained(source_path, trust_remote_code=trust_remote_code)
-        except _ABSENT as e:
-            _skip("processor", f"none found ({type(e).__name__}: {e})", records)
+        # AutoProcessor falls back to the tokenizer / feature extractor it finds, so a processor
+        # adds something only when it combines parts or has its own config file.
+        has_processor_file = Path(source_path, "processor_config.json").is_file()
+        if len(loaded) < 2 and not has_processor_file and Path(source_path).is_dir():
+            _skip("processor", "no multi-part processor (at most one preprocessor and no processor_config.json)",
+                  records)
         else:
-            # AutoProcessor falls back to the tokenizer/feature extractor it finds: only a real
-            # multi-part processor adds something.
-            if isinstance(processor, PreTrainedTokenizerBase) or type(processor) in loaded:
-                _skip("processor", f"same as the {type(processor).__name__} already written", records)
+            try:
+                processor = AutoProcessor.from_pretrained(source_path, trust_remote_code=trust_remote_code)
+            except _ABSENT as e:
+                _skip("processor", _absent(e), records)
             else:
-                _save("processor", processor, output_dir, records)
+                if isinstance(processor, PreTrainedTokenizerBase) or type(processor) in loaded:
+                    _skip("processor", f"same as the {type(processor).__name__} already written", records)
+                else:
+                    _save("processor", processor, output_dir, records)
 
     if generation_config is None and source_path is not None:
         try:
             generation_config = GenerationConfig.from_pretrained(source_path)
         except _ABSENT as e:
-            _skip("generation_config", f"none found ({type(e).__name__})", records)
+            _skip("generation_config", _absent(e), records)
     if generation_config is not None:
         _save("generation_config", generation_config, output_dir, records)
     elif source_path is None:

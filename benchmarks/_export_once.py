@@ -1,0 +1,47 @@
+"""One export in a fresh process, timed after imports; prints a JSON line. Used by export_vs_optimum.py."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+
+def main() -> None:
+    tool, model, out, task = sys.argv[1:5]
+    import logging
+
+    logging.disable(logging.WARNING)
+    # The libraries both tools use are imported before the clock starts, for both tools alike:
+    # the timed part is the export itself, not Python's import of torch/transformers/optimum.
+    import onnxruntime  # noqa: F401
+    import sentence_transformers  # noqa: F401
+    import transformers  # noqa: F401
+    from optimum.exporters.onnx import main_export  # noqa: F401
+    if tool == "optimum":
+        from optimum.exporters.onnx import main_export
+
+        start = time.perf_counter()
+        main_export(model, out, task=task)
+        seconds = time.perf_counter() - start
+        phases = {}
+    elif tool == "modelexport":
+        import modelexport
+
+        start = time.perf_counter()
+        result = modelexport.export(model, out, task=task)
+        seconds = time.perf_counter() - start
+        phases = result.timings
+    else:
+        raise SystemExit(f"unknown tool {tool}")
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"tool": tool, "seconds": seconds, "peak_rss_mib": peak_kib / 1024, "phases": phases}))
+
+
+if __name__ == "__main__":
+    main()
