@@ -1,8 +1,10 @@
 """The one place that calls Optimum's exporter.
 
-The graph written is exactly the one Optimum writes: we call ``onnx_export_from_model`` on the
-model we loaded (so it is loaded once) and tag the files afterwards. Optimum's own validation
-is replaced by ours (validation.py), which runs on the tagged files and reports the max diff.
+The graph written is exactly the one Optimum writes: ``onnx_export_from_model`` on the model
+we loaded (so it is loaded once), then the same post-processing Optimum runs (e.g. merging
+decoder and decoder-with-past into ``decoder_model_merged.onnx``), called here so that we get
+back the file -> (submodel, OnnxConfig) pairs Optimum validates. Optimum's own validation is
+replaced by ours (validation.py), which runs on the tagged files and reports the max diff.
 """
 from __future__ import annotations
 
@@ -13,17 +15,30 @@ from pathlib import Path
 @dataclass
 class ExportedFile:
     name: str  # file name relative to the output folder, e.g. "model.onnx"
-    submodel: object  # the nn.Module Optimum traced for this file
-    onnx_config: object  # Optimum's OnnxConfig for it (dummy inputs, outputs, atol)
+    submodel: object  # the nn.Module Optimum traced for this file (its tags start there)
 
 
-def _submodels(model, task: str, library: str) -> dict:
+@dataclass
+class ValidationTarget:
+    file: str
+    submodel: object
+    onnx_config: object  # Optimum's OnnxConfig: dummy inputs, output names, atol
+    label: str  # Optimum's name for the submodel, e.g. "decoder_with_past_model"
+
+
+@dataclass
+class OptimumExport:
+    files: list[ExportedFile]
+    validations: list[ValidationTarget]
+
+
+def _submodels_and_configs(model, task: str, library: str):
     from optimum.exporters.onnx.utils import _get_submodels_and_onnx_configs
     from optimum.exporters.tasks import TasksManager
 
     model_type = getattr(model.config, "export_model_type", None) or model.config.model_type
     custom = library == "transformers" and model_type not in TasksManager._SUPPORTED_MODEL_TYPE
-    _, models_and_configs = _get_submodels_and_onnx_configs(
+    return _get_submodels_and_onnx_configs(
         model=model,
         task=task,
         monolith=False,
@@ -36,25 +51,27 @@ def _submodels(model, task: str, library: str) -> dict:
         library_name=library,
         model_kwargs=None,
     )
-    return models_and_configs
 
 
-def export_with_optimum(model, task: str, library: str, output_dir: Path, opset: int | None) -> list[ExportedFile]:
-    """Run Optimum's export into ``output_dir``; list the ONNX files it wrote with their submodels."""
+def export_with_optimum(model, task: str, library: str, output_dir: Path, opset: int | None) -> OptimumExport:
+    """Run Optimum's export and post-processing into ``output_dir``; list what it wrote."""
     from optimum.exporters.onnx import onnx_export_from_model
 
-    onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False)
-    files = []
-    for name, (submodel, onnx_config) in _submodels(model, task, library).items():
-        file_name = f"{name}.onnx"
-        if (output_dir / file_name).exists():
-            files.append(ExportedFile(file_name, submodel, onnx_config))
+    onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False, no_post_process=True)
+    main_config, models_and_configs = _submodels_and_configs(model, task, library)
+    subpaths = [f"{name}.onnx" for name in models_and_configs]
+    traced = {path: models_and_configs[name][0] for name, path in zip(models_and_configs, subpaths)}
+    if library != "diffusers":
+        try:
+            models_and_configs, subpaths = main_config.post_process_exported_models(
+                output_dir, models_and_configs, subpaths)
+        except Exception as e:  # Optimum wraps any failure here the same way
+            raise RuntimeError(f"Optimum's post-processing of the ONNX files failed: {e}") from e
+    validations = []
+    for (label, (submodel, onnx_config)), path in zip(models_and_configs.items(), subpaths):
+        validations.append(ValidationTarget(path, submodel, onnx_config, label))
+        traced.setdefault(path, submodel)  # files made by post-processing (merged decoders)
+    files = [ExportedFile(p.name, traced.get(p.name)) for p in sorted(output_dir.glob("*.onnx"))]
     if not files:
         raise RuntimeError(f"Optimum wrote no ONNX file into {output_dir}")
-    return files
-
-
-def default_opset(model, task: str, library: str) -> int:
-    """The opset Optimum picks for this model and task when none is given."""
-    models_and_configs = _submodels(model, task, library)
-    return next(iter(models_and_configs.values()))[1].DEFAULT_ONNX_OPSET
+    return OptimumExport(files, validations)

@@ -36,7 +36,7 @@ def export(
         resolve_source,
         source_of_loaded_model,
     )
-    from modelexport.exporter.validation import validate_file
+    from modelexport.exporter.validation import merge_validations, validate_file
     from modelexport.hierarchy.module_tree import ModuleTree
     from modelexport.hierarchy.tagging import tag_file
 
@@ -69,9 +69,10 @@ def export(
         node_counts: dict[str, dict[str, int]] = {}
         file_opset = None
         with phases("tag", "Tagging nodes with their modules"):
-            for item in exported:
+            for item in exported.files:
                 root = instance_paths.get(id(item.submodel), "")
-                tagged, file_opset = tag_file(staging / item.name, tree, root)
+                tagged, opset_of_file = tag_file(staging / item.name, tree, root)
+                file_opset = file_opset or opset_of_file
                 node_counts[item.name] = tagged.node_count_by_module
                 reports.append(FileReport(item.name, root, tagged.coverage.nodes, tagged.coverage.as_dict()))
 
@@ -88,8 +89,15 @@ def export(
 
         if validate:
             with phases("validate", "Comparing ONNX Runtime with PyTorch"):
-                for item, report in zip(exported, reports):
-                    report.validation = validate_file(staging / item.name, item.submodel, item.onnx_config).as_dict()
+                by_file: dict[str, list] = {}
+                for target in exported.validations:
+                    by_file.setdefault(target.file, []).append(
+                        (target.label, validate_file(staging / target.file, target.submodel, target.onnx_config)))
+                for report in reports:
+                    if report.name in by_file:
+                        report.validation = merge_validations(by_file[report.name])
+                    else:
+                        report.validation = None  # e.g. decoder files superseded by the merged one
 
         result = ExportResult(
             output=output_dir,

@@ -84,3 +84,18 @@ def validate_file(onnx_path: Path, submodel, onnx_config, atol: float | None = N
         result.outputs[name] = diff
         result.max_abs_diff = max(result.max_abs_diff, diff)
     return result
+
+
+def merge_validations(results: list[tuple[str, FileValidation]]) -> dict:
+    """One report for a file validated several times (each branch of a merged decoder)."""
+    if len(results) == 1:
+        return results[0][1].as_dict()
+    merged = FileValidation(results[0][1].file, max(r.atol for _, r in results), 0.0)
+    for label, r in results:
+        merged.max_abs_diff = max(merged.max_abs_diff, r.max_abs_diff)
+        merged.outputs.update({f"{label}:{k}": v for k, v in r.outputs.items()})
+        merged.shape_mismatches.extend(f"{label}:{m}" for m in r.shape_mismatches)
+    d = merged.as_dict()
+    d["passed"] = all(r.passed for _, r in results)
+    d["branches"] = [label for label, _ in results]
+    return d

@@ -41,10 +41,14 @@ class ModuleInfo:
 class ModuleTree:
     """Paths, classes, tags and parameter counts of a model's modules."""
 
-    def __init__(self, modules: dict[str, ModuleInfo]):
+    def __init__(self, modules: dict[str, ModuleInfo], aliases: dict[str, str] | None = None):
         self.modules = modules
+        # Other paths of modules registered twice (tied embeddings: T5's encoder.embed_tokens
+        # is `shared`). named_modules() lists each instance once; a traced submodule may use
+        # the other name in its scopes.
+        self.aliases = aliases or {}
         self._by_scope_name: dict[str, list[str]] = {}
-        for path in modules:
+        for path in list(modules) + list(self.aliases):
             if path:
                 self._by_scope_name.setdefault(torchscript_scope_name(path), []).append(path)
         self._ancestor_cache: dict[str, tuple[str, ...]] = {}
@@ -76,7 +80,17 @@ class ModuleTree:
         # Total parameters per module, counting each tensor once even when shared.
         for path, module in instance_of.items():
             modules[path].parameters = sum(p.numel() for p in module.parameters())
-        return cls(modules)
+        canonical = {id(m): p for p, m in instance_of.items()}
+        aliases = {}
+        for path, module in root.named_modules(remove_duplicate=False):
+            first = canonical[id(module)]
+            if path != first:
+                aliases[path] = first
+        return cls(modules, aliases)
+
+    def canonical(self, path: str) -> str:
+        """The named_modules() path of a module, given any path that reaches it."""
+        return self.aliases.get(path, path)
 
     # -- queries -----------------------------------------------------------------------
     def __contains__(self, path: str) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import onnx
 
 from modelexport.hierarchy.module_tree import ModuleTree
-from modelexport.hierarchy.tags import iter_nodes, write_tag
+from modelexport.hierarchy.tags import write_tag
 
 _CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
 
@@ -71,8 +71,9 @@ class ScopeResolver:
                 complete = False
                 continue
             current = found
-        self._cache[scope] = (current, complete)
-        return current, complete
+        result = (self.tree.canonical(current), complete)
+        self._cache[scope] = result
+        return result
 
 
 def scope_of(node_name: str) -> str | None:
@@ -96,7 +97,8 @@ class TaggingPass:
         """Tag a model, or a graph (only its nodes are read, e.g. a ``NodeSplice.graph``)."""
         graph = model.graph if isinstance(model, onnx.ModelProto) else model
         coverage = Coverage()
-        paths = self._assign_main_graph(graph, coverage)
+        paths: list[tuple[onnx.NodeProto, str]] = []
+        self._assign(graph, self.root_path, coverage, paths)
         counts: dict[str, int] = {}
         for node, path in paths:
             write_tag(node, path, self.tree.tag(path))
@@ -115,52 +117,57 @@ class TaggingPass:
             coverage.partial_scope += 1
         return path
 
-    def _assign_main_graph(self, graph: onnx.GraphProto, coverage: Coverage) -> list[tuple[onnx.NodeProto, str]]:
+    def _assign(self, graph: onnx.GraphProto, fallback: str, coverage: Coverage,
+                out: list[tuple[onnx.NodeProto, str]]) -> None:
+        """Assign every node of ``graph``, then recurse into subgraphs (If/Loop/Scan bodies).
+
+        ``fallback`` is the root for the main graph and the holding node's module for a
+        subgraph (e.g. the decoders inside the If node of Optimum's merged decoder).
+        """
         nodes = graph.node
         assigned: list[str | None] = [self._direct(n, coverage) for n in nodes]
         producer: dict[str, int] = {}
         consumers: dict[str, list[int]] = {}
         for i, node in enumerate(nodes):
-            for out in node.output:
-                if out:
-                    producer[out] = i
-            for inp in node.input:
-                if inp:
-                    consumers.setdefault(inp, []).append(i)
+            for name in node.output:
+                if name:
+                    producer[name] = i
+            for name in node.input:
+                if name:
+                    consumers.setdefault(name, []).append(i)
 
         # Unscoped nodes: first from consumers (reverse topological order, so chains of
-        # unscoped nodes resolve), then from producers (forward order), then the root.
+        # unscoped nodes resolve), then from producers (forward order), then the fallback.
         unknown = [i for i, p in enumerate(assigned) if p is None]
         for i in reversed(unknown):
-            found = [assigned[c] for out in nodes[i].output for c in consumers.get(out, ()) if assigned[c] is not None]
+            found = [assigned[c] for name in nodes[i].output for c in consumers.get(name, ())
+                     if assigned[c] is not None]
             if found:
                 assigned[i] = self.tree.common_ancestor(found)
                 coverage.inferred += 1
         for i in unknown:
             if assigned[i] is not None:
                 continue
-            found = [assigned[producer[x]] for x in nodes[i].input if x in producer and assigned[producer[x]] is not None]
+            found = [assigned[producer[x]] for x in nodes[i].input
+                     if x in producer and assigned[producer[x]] is not None]
             if found:
                 assigned[i] = self.tree.common_ancestor(found)
                 coverage.inferred += 1
             else:
-                assigned[i] = self.root_path
-                coverage.root_fallback += 1
+                assigned[i] = fallback
+                if fallback == self.root_path:
+                    coverage.root_fallback += 1
+                else:
+                    coverage.inferred += 1
 
-        result = [(node, path) for node, path in zip(nodes, assigned)]
-        # Subgraph nodes (If/Loop bodies, e.g. Optimum's merged decoders): their own scope
-        # if they have one, else the module of the node that holds the subgraph.
         for node, path in zip(nodes, assigned):
+            out.append((node, path))
             for attr in node.attribute:
-                subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-                for sub in subgraphs:
-                    for inner, _ in iter_nodes(sub):
-                        inner_path = self._direct(inner, coverage)
-                        if inner_path is None:
-                            inner_path = path
-                            coverage.inferred += 1
-                        result.append((inner, inner_path))
-        return result
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    self._assign(attr.g, path, coverage, out)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        self._assign(sub, path, coverage, out)
 
 
 def tag_file(path, tree: ModuleTree, root_path: str = "") -> tuple[TaggingResult, int | None]:
