@@ -24,6 +24,7 @@ class ValidationTarget:
     submodel: object
     onnx_config: object  # Optimum's OnnxConfig: dummy inputs, output names, atol
     label: str  # Optimum's name for the submodel, e.g. "decoder_with_past_model"
+    output_names: list[str]  # what the submodel's own export produced (as Optimum validates)
 
 
 @dataclass
@@ -57,10 +58,16 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
     """Run Optimum's export and post-processing into ``output_dir``; list what it wrote."""
     from optimum.exporters.onnx import onnx_export_from_model
 
+    from modelexport.hierarchy.node_splice import graph_output_names
+
     onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False, no_post_process=True)
     main_config, models_and_configs = _submodels_and_configs(model, task, library)
     subpaths = [f"{name}.onnx" for name in models_and_configs]
     traced = {path: models_and_configs[name][0] for name, path in zip(models_and_configs, subpaths)}
+    # Outputs of each submodel's own file, read before post-processing merges files: a merged
+    # decoder's with-past branch also returns placeholders that are not to be compared.
+    exported_outputs = {name: graph_output_names(output_dir / path)
+                        for name, path in zip(models_and_configs, subpaths)}
     if library != "diffusers":
         try:
             models_and_configs, subpaths = main_config.post_process_exported_models(
@@ -69,7 +76,7 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
             raise RuntimeError(f"Optimum's post-processing of the ONNX files failed: {e}") from e
     validations = []
     for (label, (submodel, onnx_config)), path in zip(models_and_configs.items(), subpaths):
-        validations.append(ValidationTarget(path, submodel, onnx_config, label))
+        validations.append(ValidationTarget(path, submodel, onnx_config, label, exported_outputs[label]))
         traced.setdefault(path, submodel)  # files made by post-processing (merged decoders)
     files = [ExportedFile(p.name, traced.get(p.name)) for p in sorted(output_dir.glob("*.onnx"))]
     if not files:

@@ -92,7 +92,8 @@ def export(
                 by_file: dict[str, list] = {}
                 for target in exported.validations:
                     by_file.setdefault(target.file, []).append(
-                        (target.label, validate_file(staging / target.file, target.submodel, target.onnx_config)))
+                        (target.label, validate_file(staging / target.file, target.submodel, target.onnx_config,
+                                                     output_names=target.output_names)))
                 for report in reports:
                     if report.name in by_file:
                         report.validation = merge_validations(by_file[report.name])

@@ -142,7 +142,7 @@ class ModuleTree:
 
         A direct child is preferred; otherwise the shallowest descendant with that scope name,
         which covers modules that call a grandchild's ``forward`` directly (a level the trace
-        never saw).
+        never saw); otherwise the one module anywhere with that name, if there is exactly one.
         """
         candidates = self._by_scope_name.get(scope_name)
         if not candidates:
@@ -152,4 +152,8 @@ class ModuleTree:
         for path in candidates:
             if path.startswith(prefix) and (best is None or path.count(".") < best.count(".")):
                 best = path
+        if best is None and len(candidates) == 1:
+            # A module called from outside its own subtree (T5's decoder calls the root's
+            # `shared` embedding, whose trace name is `shared`): unambiguous, so take it.
+            best = candidates[0]
         return best

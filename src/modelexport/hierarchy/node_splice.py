@@ -18,6 +18,7 @@ import onnx
 _MODEL_GRAPH_FIELD = 7
 _MODEL_OPSET_FIELD = 8
 _GRAPH_NODE_FIELD = 1
+_GRAPH_OUTPUT_FIELD = 12
 _LEN = 2
 
 
@@ -158,3 +159,13 @@ def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
             raise OSError("short copy while rewriting the ONNX file")
         offset += n
         length -= n
+
+
+def graph_output_names(path: Path) -> list[str]:
+    """Names of a file's graph outputs, read without parsing its weights."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as buf:
+        graph = next((fl for fl in _fields(buf, 0, len(buf)) if fl[0] == _MODEL_GRAPH_FIELD and fl[1] == _LEN), None)
+        if graph is None:
+            raise ValueError(f"{path}: no graph")
+        return [onnx.ValueInfoProto.FromString(bytes(buf[fl[3]:fl[4]])).name
+                for fl in _fields(buf, graph[3], graph[4]) if fl[0] == _GRAPH_OUTPUT_FIELD and fl[1] == _LEN]
