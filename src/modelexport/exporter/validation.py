@@ -31,6 +31,14 @@ class FileValidation:
         return d
 
 
+def optimum_atol(onnx_config, task: str) -> float:
+    """The tolerance Optimum validates this model and task with."""
+    atol = onnx_config.ATOL_FOR_VALIDATION
+    if isinstance(atol, dict):
+        atol = atol.get(task.replace("-with-past", ""), max(atol.values()))
+    return float(atol)
+
+
 def _flatten(onnx_config, name: str, value, into: dict) -> None:
     if isinstance(value, (list, tuple)):
         into.update(onnx_config.flatten_output_collection_property(name, value))
@@ -46,9 +54,7 @@ def validate_file(onnx_path: Path, submodel, onnx_config, atol: float | None = N
     import torch
 
     if atol is None:
-        atol = onnx_config.ATOL_FOR_VALIDATION
-        if isinstance(atol, dict):
-            atol = max(atol.values())
+        atol = optimum_atol(onnx_config, getattr(onnx_config, "task", ""))
     inputs = onnx_config.generate_dummy_inputs(framework="pt")
     reference_inputs = onnx_config.rename_ambiguous_inputs(copy.deepcopy(inputs))
     with onnx_config.patch_model_for_export(submodel, model_kwargs={}), torch.inference_mode():
