@@ -83,3 +83,26 @@ def minilm_export(minilm_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports") / "minilm-onnx"
     result = modelexport.export(str(minilm_dir), out)
     return out, result
+
+
+@pytest.fixture(scope="session")
+def t5_export(tmp_path_factory):
+    """A multi-file seq2seq export (encoder, decoders, merged decoder) of a tiny T5."""
+    import modelexport
+    from modelexport.testing.tiny_models import BY_NAME
+
+    folder = tmp_path_factory.mktemp("t5-model")
+    BY_NAME["t5"].build(folder)
+    out = tmp_path_factory.mktemp("exports") / "t5-onnx"
+    modelexport.export(str(folder), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def plain_optimum_export(tiny_bert_dir, tmp_path_factory):
+    """The same tiny BERT exported by Optimum alone: no tags, no metadata."""
+    from optimum.exporters.onnx import main_export
+
+    out = tmp_path_factory.mktemp("exports") / "plain-optimum"
+    main_export(str(tiny_bert_dir), out, task="text-classification")
+    return out

@@ -79,4 +79,4 @@ def test_retagging_replaces_not_duplicates():
     TaggingPass(tree)(model)
     TaggingPass(tree)(model)
     keys = [p.key for p in model.graph.node[0].metadata_props]
-    assert sorted(keys) == ["hierarchy_tag", "module_path", "other"]
+    assert sorted(keys) == ["hierarchy_tag", "module_path", "namespace", "other"]

@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--no-validate", dest="validate", action="store_false",
                    help="skip comparing ONNX Runtime outputs with PyTorch")
     p.add_argument("--format", choices=("text", "json"), default="text", help="summary format on stdout")
+    p.add_argument("--report", action="store_true", help="also write OUTPUT_DIR/modelexport_report.md")
     p.set_defaults(run=run)
 
 
@@ -43,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
         validate=args.validate,
         reporter=reporter,
     )
+    if args.report:
+        from modelexport.cli.report import write_report
+
+        write_report(result.output)
     if args.format == "json":
         print(json.dumps(summary_dict(result), indent=2))
     else:

@@ -74,7 +74,8 @@ def export(
                 tagged, opset_of_file = tag_file(staging / item.name, tree, root)
                 file_opset = file_opset or opset_of_file
                 node_counts[item.name] = tagged.node_count_by_module
-                reports.append(FileReport(item.name, root, tagged.coverage.nodes, tagged.coverage.as_dict()))
+                reports.append(FileReport(item.name, root, tagged.coverage.nodes, tagged.coverage.as_dict(),
+                                          graph_sha256=tagged.graph_sha256))
 
         with phases("artifacts", "Writing config and preprocessors"):
             generation_config = getattr(loaded, "generation_config", None)
@@ -120,7 +121,7 @@ def export(
             "ort_model_class": result.ort_model_class,
             "opset": file_opset,
             "files": {r.name: {"root_module": r.root_module, "nodes": r.nodes, "coverage": r.coverage,
-                               "validation": r.validation} for r in reports},
+                               "graph_sha256": r.graph_sha256, "validation": r.validation} for r in reports},
             "artifacts": result.artifacts,
             "modules": module_table(tree, node_counts),
             "timings_seconds": {k: round(v, 4) for k, v in result.timings.items()},

@@ -12,6 +12,7 @@ class FileReport:
     nodes: int
     coverage: dict
     validation: dict | None = None  # None when validation was skipped
+    graph_sha256: str = ""
 
 
 @dataclass

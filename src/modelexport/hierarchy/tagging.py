@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import onnx
 
 from modelexport.hierarchy.module_tree import ModuleTree
-from modelexport.hierarchy.tags import write_tag
+from modelexport.hierarchy.tags import namespace_for, write_tag
 
 _CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
 
@@ -45,6 +45,7 @@ class Coverage:
 class TaggingResult:
     coverage: Coverage
     node_count_by_module: dict[str, int]
+    graph_sha256: str = ""  # structure fingerprint (see fingerprint.py)
 
 
 class ScopeResolver:
@@ -100,8 +101,9 @@ class TaggingPass:
         paths: list[tuple[onnx.NodeProto, str]] = []
         self._assign(graph, self.root_path, coverage, paths)
         counts: dict[str, int] = {}
+        root_class = self.tree.modules[""].class_name
         for node, path in paths:
-            write_tag(node, path, self.tree.tag(path))
+            write_tag(node, path, self.tree.tag(path), namespace_for(root_class, path))
             counts[path] = counts.get(path, 0) + 1
         coverage.nodes = len(paths)
         coverage.at_root = counts.get(self.root_path, 0)
@@ -177,9 +179,12 @@ def tag_file(path, tree: ModuleTree, root_path: str = "") -> tuple[TaggingResult
     """
     from modelexport.hierarchy.node_splice import NodeSplice
 
+    from modelexport.hierarchy.fingerprint import graph_fingerprint
+
     splice = NodeSplice(path)
     try:
         result = TaggingPass(tree, root_path)(splice.graph)
+        result.graph_sha256 = graph_fingerprint(splice.graph)
     except BaseException:
         splice.close()
         raise

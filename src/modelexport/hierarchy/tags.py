@@ -12,7 +12,10 @@ import onnx
 
 MODULE_PATH_KEY = "module_path"
 HIERARCHY_TAG_KEY = "hierarchy_tag"
-TAG_KEYS = (MODULE_PATH_KEY, HIERARCHY_TAG_KEY)
+# Model Explorer's ONNX adapter (model-explorer-onnx 0.4: get_node_namespace) groups nodes into
+# layers by this key, split on "/": writing it makes the viewer's layers follow the modules.
+NAMESPACE_KEY = "namespace"
+TAG_KEYS = (MODULE_PATH_KEY, HIERARCHY_TAG_KEY, NAMESPACE_KEY)
 
 
 @dataclass(frozen=True)
@@ -36,14 +39,31 @@ def iter_nodes(graph: onnx.GraphProto, graph_path: str = "") -> Iterator[tuple[o
                     yield from iter_nodes(sub, f"{graph_path}{node.name}/{attr.name}.{i}/")
 
 
-def write_tag(node: onnx.NodeProto, module_path: str, hierarchy_tag: str) -> None:
-    """Set both tags on a node, replacing earlier values of our keys and keeping any others."""
+def write_tag(node: onnx.NodeProto, module_path: str, hierarchy_tag: str, namespace: str | None = None) -> None:
+    """Set our tags on a node, replacing earlier values of our keys and keeping any others."""
     kept = [(p.key, p.value) for p in node.metadata_props if p.key not in TAG_KEYS]
     del node.metadata_props[:]
     for key, value in kept:
         node.metadata_props.add(key=key, value=value)
     node.metadata_props.add(key=MODULE_PATH_KEY, value=module_path)
     node.metadata_props.add(key=HIERARCHY_TAG_KEY, value=hierarchy_tag)
+    if namespace is not None:
+        node.metadata_props.add(key=NAMESPACE_KEY, value=namespace)
+
+
+def namespace_for(root_class: str, module_path: str) -> str:
+    """Model Explorer namespace: the root class, then one layer per module name.
+
+    Module names, not class names, so that siblings of one class (query/key/value, all
+    ``Linear``) stay separate layers; a ModuleList index stays with its name (``layer.1``).
+    """
+    parts = [root_class]
+    for atom in module_path.split(".") if module_path else ():
+        if atom.isnumeric() and len(parts) > 1:
+            parts[-1] = f"{parts[-1]}.{atom}"
+        else:
+            parts.append(atom)
+    return "/".join(parts)
 
 
 def node_tag(node: onnx.NodeProto, graph_path: str = "") -> NodeTag:

@@ -1,0 +1,17 @@
+"""Argument groups shared by the verbs (defined once, as Polygraphy does)."""
+from __future__ import annotations
+
+
+def add_path(parser, help_text: str = "an ONNX file or an exported folder") -> None:
+    parser.add_argument("path", metavar="PATH", help=help_text)
+
+
+def add_format(parser, choices=("tree", "json", "csv"), default: str = "tree") -> None:
+    parser.add_argument("--format", choices=choices, default=default,
+                        help=f"output format (default: {default}); json is stable and documented in the README")
+
+
+def add_tree_selection(parser) -> None:
+    parser.add_argument("--depth", type=int, default=None, help="show modules down to this depth (root = 0)")
+    parser.add_argument("--filter", dest="pattern", default=None,
+                        help="only modules whose path matches this glob (and their ancestors), e.g. '*.attention'")

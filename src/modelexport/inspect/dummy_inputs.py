@@ -1,0 +1,69 @@
+"""Inputs for running an ONNX file in ONNX Runtime without knowing its task.
+
+Shapes come from the graph; symbolic dimensions get sizes from the dimension's name and the
+model's config.json (image size, mel bins, audio length), read as plain JSON.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+}
+
+
+def _config_value(config: dict, *keys, default=None):
+    for key in keys:
+        for scope in (config, config.get("vision_config") or {}, config.get("text_config") or {}):
+            if isinstance(scope, dict) and key in scope:
+                return scope[key]
+    return default
+
+
+PAST_LENGTH, SEQUENCE_LENGTH = 1, 8
+
+
+def _dim(input_name: str, axis: int, dim, config: dict, rank: int) -> int:
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    name = (dim or "").lower() if isinstance(dim, str) else ""
+    if "+" in name:  # Optimum names e.g. "past_sequence_length + sequence_length"
+        return sum(_dim(input_name, axis, part.strip(), config, rank) if not part.strip().isdigit()
+                   else int(part) for part in name.split("+"))
+    if "batch" in name or axis == 0:
+        return 1
+    if "past" in name:
+        return PAST_LENGTH
+    if input_name == "pixel_values":
+        if axis == 1:
+            return int(_config_value(config, "num_channels", default=3))
+        size = _config_value(config, "image_size", default=224)
+        return int(size[axis - 2] if isinstance(size, (list, tuple)) else size)
+    if input_name == "input_values":
+        return 16000
+    if input_name == "input_features":
+        if axis == 1:
+            return int(_config_value(config, "num_mel_bins", "feature_size", default=80))
+        return 2 * int(_config_value(config, "max_source_positions", default=1500))
+    return SEQUENCE_LENGTH
+
+
+def make_inputs(session, config: dict | None = None) -> dict[str, np.ndarray]:
+    config = config or {}
+    rng = np.random.default_rng(0)
+    feed = {}
+    for spec in session.get_inputs():
+        dtype = _ORT_TYPES.get(spec.type)
+        if dtype is None:
+            raise ValueError(f"input {spec.name} has unsupported type {spec.type}")
+        shape = [_dim(spec.name, i, d, config, len(spec.shape)) for i, d in enumerate(spec.shape)]
+        if dtype is np.bool_:
+            feed[spec.name] = np.zeros(shape, dtype=dtype)  # e.g. use_cache_branch: first step
+        elif np.issubdtype(dtype, np.integer):
+            # ids inside any vocabulary; masks of ones
+            feed[spec.name] = np.ones(shape, dtype=dtype)
+        else:
+            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+    return feed
