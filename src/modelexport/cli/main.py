@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from modelexport.cli import analyze as analyze_verb
@@ -29,13 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_on_sigterm(signum, frame):
+    from modelexport.errors import Terminated
+
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.debug:
         quiet_libraries()
-    from modelexport.errors import ModelExportError
+    from modelexport.errors import ModelExportError, Terminated
 
+    # SIGTERM unwinds like Ctrl-C, so the staged output folder is removed on the way out.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         return args.run(args) or 0
     except ModelExportError as e:
@@ -44,15 +55,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"modelexport: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("modelexport: interrupted; nothing was written", file=sys.stderr)
+        print("modelexport: interrupted; nothing was written and existing files were left as they were",
+              file=sys.stderr)
         return 130
+    except Terminated:
+        print("modelexport: terminated; nothing was written and existing files were left as they were",
+              file=sys.stderr)
+        return 143
     except Exception as e:  # an unexpected failure: still one line unless --debug
         if args.debug:
             traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"modelexport: error: {type(e).__name__}: {first} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"modelexport: error: {describe_failure(e)}", file=sys.stderr)
         return 1
+
+
+def describe_failure(e: BaseException) -> str:
+    """One line for an unexpected exception: a disk problem anywhere in the chain is named as such."""
+    from modelexport.errors import disk_error_message
+
+    disk = disk_error_message(e)
+    if disk:
+        return disk
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first} (run with --debug for the traceback)"
 
 
 def quiet_libraries() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelexport.errors import ModelExportError, disk_error_message
+
 
 @dataclass
 class ExportedFile:
@@ -60,8 +62,20 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
 
     from modelexport.hierarchy.node_splice import graph_output_names
 
-    onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False, no_post_process=True)
     main_config, models_and_configs = _submodels_and_configs(model, task, library)
+    default = getattr(main_config, "DEFAULT_ONNX_OPSET", None)
+    try:
+        onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False,
+                               no_post_process=True)
+    except Exception as e:  # torch.onnx / Optimum failures reach the user as one line
+        disk = disk_error_message(e)
+        if disk:
+            raise ModelExportError(disk) from e
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        hint = ""
+        if opset is not None and default is not None and opset < default:
+            hint = f"; opset {opset} is below Optimum's default for this model ({default}): try --opset {default}"
+        raise ModelExportError(f"the ONNX export failed at opset {opset or default}: {first}{hint}") from e
     subpaths = [f"{name}.onnx" for name in models_and_configs]
     traced = {path: models_and_configs[name][0] for name, path in zip(models_and_configs, subpaths)}
     # Outputs of each submodel's own file, read before post-processing merges files: a merged
@@ -82,3 +96,16 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
     if not files:
         raise RuntimeError(f"Optimum wrote no ONNX file into {output_dir}")
     return OptimumExport(files, validations)
+
+
+def check_opset(opset: int | None) -> None:
+    """Refuse, before any work, an opset the TorchScript exporter Optimum uses cannot write."""
+    if opset is None:
+        return
+    try:
+        from torch.onnx._constants import ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except ImportError:  # private module moved: fall back to the range of torch 2.13
+        ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET = 7, 20  # noqa: N806
+    if not ONNX_MIN_OPSET <= opset <= ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET:
+        raise ModelExportError(f"opset {opset} is not supported: torch.onnx (TorchScript), which Optimum uses, "
+                               f"writes opsets {ONNX_MIN_OPSET} to {ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET}")

@@ -23,7 +23,11 @@ def check_output_dir(output_dir: Path, force: bool) -> None:
     if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
         raise OutputExistsError(f"output folder {output_dir} is not empty; pass --force to replace it")
     parent = output_dir.parent
-    if parent.exists() and not os.access(parent, os.W_OK):
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the folder that will hold the new ones
+    if os.statvfs(parent).f_flag & os.ST_RDONLY:
+        raise OutputExistsError(f"cannot write to {parent}: the file system is read-only")
+    if not os.access(parent, os.W_OK):
         raise OutputExistsError(f"cannot write to {parent}: permission denied")
 
 

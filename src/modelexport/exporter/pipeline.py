@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from modelexport.errors import ModelExportError
 from modelexport.exporter.result import ExportResult, FileReport
 from modelexport.phases import PhaseReporter, Phases
 
@@ -27,7 +26,7 @@ def export(
     """
     from modelexport.exporter import artifacts as artifacts_mod
     from modelexport.exporter.metadata import module_table, tool_versions, write_metadata
-    from modelexport.exporter.optimum_bridge import export_with_optimum
+    from modelexport.exporter.optimum_bridge import check_opset, export_with_optimum
     from modelexport.exporter.ort_class import ort_model_class_name
     from modelexport.exporter.output_dir import check_output_dir, staged_output_dir
     from modelexport.exporter.source import (
@@ -44,6 +43,7 @@ def export(
     phases = Phases(reporter)
     output_dir = Path(output_dir)
     check_output_dir(output_dir.resolve(), force)
+    check_opset(opset)
 
     with phases("load", "Loading model"):
         if isinstance(model, (str, Path)):
@@ -58,11 +58,7 @@ def export(
 
     with staged_output_dir(output_dir, force) as staging:
         with phases("export", "Exporting with Optimum (torch.onnx trace)"):
-            try:
-                exported = export_with_optimum(loaded, source.task, source.library, staging, opset)
-            except ValueError as e:
-                # Optimum raises ValueError for opsets and inputs it cannot handle.
-                raise ModelExportError(f"Optimum could not export the model: {str(e).splitlines()[0]}") from e
+            exported = export_with_optimum(loaded, source.task, source.library, staging, opset)
 
         instance_paths = {id(m): p for p, m in loaded.named_modules()}
         reports: list[FileReport] = []

@@ -183,7 +183,11 @@ def source_of_loaded_model(model, task: str) -> ModelSource:
 
 
 def load_model(source: ModelSource, trust_remote_code: bool):
-    """Load the weights once, with Optimum's loader for the task."""
+    """Load the weights once, with Optimum's loader for the task.
+
+    transformers reads safetensors when present and pickle checkpoints only with
+    ``torch.load(weights_only=True)``, which refuses pickles that would run code.
+    """
     from optimum.exporters.tasks import TasksManager
 
     try:
@@ -194,10 +198,35 @@ def load_model(source: ModelSource, trust_remote_code: bool):
             library_name=source.library,
             trust_remote_code=trust_remote_code,
         )
-    except OSError as e:
-        raise ModelSourceError(f"cannot load the weights of {source.name_or_path}: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # loading third-party weights: every failure is explained to the user
+        raise ModelSourceError(explain_load_failure(e, source.name_or_path)) from e
     prepare_for_task(model, source)
     return model
+
+
+def explain_load_failure(e: BaseException, where: str | None) -> str:
+    """Name the real cause of a weight-loading failure (Optimum's retries can hide it)."""
+    chain = []
+    seen: BaseException | None = e
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    texts = [f"{type(x).__name__}: {x}" for x in chain]
+    joined = "\n".join(texts)
+    if "UnpicklingError" in joined or "Weights only load failed" in joined:
+        return (f"refused to load the pickle checkpoint in {where}: it holds objects other than tensors, and "
+                "loading it would run code. Only torch.load(weights_only=True) is used; convert the checkpoint "
+                "to safetensors if you trust its source")
+    if "SafetensorError" in joined or "deserializing header" in joined:
+        detail = next(t for t in texts if "Safetensor" in t or "deserializing" in t)
+        return f"the safetensors weights in {where} are truncated or corrupt ({detail.splitlines()[0][:200]})"
+    if "no file named" in joined:
+        return (f"no weights in {where}: expected model.safetensors (or pytorch_model.bin); "
+                "a folder with only config.json cannot be exported")
+    if "trust_remote_code" in joined:
+        return f"{where} needs custom code from its repository; pass --trust-remote-code if you trust it"
+    first = texts[-1].splitlines()[0][:300]
+    return f"cannot load the model from {where}: {first}"
 
 
 def prepare_for_task(model, source: ModelSource) -> None:

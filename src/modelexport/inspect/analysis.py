@@ -10,9 +10,11 @@ import fnmatch
 from collections import Counter
 from dataclasses import dataclass, field
 
+from modelexport.errors import ModelExportError
 from modelexport.hierarchy.tags import iter_nodes, node_tag
 
 UNTAGGED = "(untagged)"
+MAX_DEPTH = 256  # real models nest a few dozen levels; deeper is a hostile or broken file
 
 
 @dataclass
@@ -105,17 +107,25 @@ def analyze_model(name: str, model, module_info: dict[str, dict] | None = None) 
 
     def module(path: str) -> ModuleStats:
         stats = modules.get(path)
-        if stats is None:
-            parent = _parent(path)
+        if stats is not None:
+            return stats
+        if path.count(".") > MAX_DEPTH:
+            raise ModelExportError(f"a module path is nested {path.count('.') + 1} levels deep "
+                                   f"(more than {MAX_DEPTH}): not a real model's tags")
+        missing = []  # the path and its ancestors not seen yet, created root-first
+        p: str | None = path
+        while p is not None and p not in modules:
+            missing.append(p)
+            p = _parent(p)
+        for p in reversed(missing):
+            parent = _parent(p)
+            stats = modules[p] = ModuleStats(p, parent=parent)
             if parent is not None:
-                module(parent)
-            stats = modules[path] = ModuleStats(path, parent=parent)
-            if parent is not None:
-                modules[parent].children.append(path)
-            if module_info and path in module_info:
-                stats.class_name = module_info[path].get("class")
-                stats.hierarchy_tag = module_info[path].get("hierarchy_tag")
-        return stats
+                modules[parent].children.append(p)
+            if module_info and p in module_info:
+                stats.class_name = module_info[p].get("class")
+                stats.hierarchy_tag = module_info[p].get("hierarchy_tag")
+        return modules[path]
 
     module("")
     consumers: dict[str, list[str]] = {}

@@ -143,8 +143,13 @@ def validate_target(target, run_onnxruntime: bool = True) -> list[Check]:
     except (OSError, ValueError):
         config = None
     for f in target.files:
-        checks.append(_checker(f))
+        checker = _checker(f)
+        checks.append(checker)
         checks += _tags(f, target.metadata)
-        if run_onnxruntime:
+        if run_onnxruntime and checker.status == FAIL:
+            # A model the checker rejects is not handed to ONNX Runtime: malformed graphs are
+            # where native code is least defended.
+            checks.append(Check("ONNX Runtime runs on dummy inputs", SKIP, "not run: the checker failed", f.name))
+        elif run_onnxruntime:
             checks.append(_runs(f, config if isinstance(config, dict) else None))
     return checks
