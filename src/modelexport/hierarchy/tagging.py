@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import onnx
 
 from modelexport.hierarchy.module_tree import ModuleTree
+from modelexport.hierarchy.neighbours import infer_from_neighbours
 from modelexport.hierarchy.tags import namespace_for, write_tag
 
 _CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
@@ -128,34 +129,9 @@ class TaggingPass:
         """
         nodes = graph.node
         assigned: list[str | None] = [self._direct(n, coverage) for n in nodes]
-        producer: dict[str, int] = {}
-        consumers: dict[str, list[int]] = {}
-        for i, node in enumerate(nodes):
-            for name in node.output:
-                if name:
-                    producer[name] = i
-            for name in node.input:
-                if name:
-                    consumers.setdefault(name, []).append(i)
-
-        # Unscoped nodes: first from consumers (reverse topological order, so chains of
-        # unscoped nodes resolve), then from producers (forward order), then the fallback.
-        unknown = [i for i, p in enumerate(assigned) if p is None]
-        for i in reversed(unknown):
-            found = [assigned[c] for name in nodes[i].output for c in consumers.get(name, ())
-                     if assigned[c] is not None]
-            if found:
-                assigned[i] = self.tree.common_ancestor(found)
-                coverage.inferred += 1
-        for i in unknown:
-            if assigned[i] is not None:
-                continue
-            found = [assigned[producer[x]] for x in nodes[i].input
-                     if x in producer and assigned[producer[x]] is not None]
-            if found:
-                assigned[i] = self.tree.common_ancestor(found)
-                coverage.inferred += 1
-            else:
+        coverage.inferred += infer_from_neighbours(nodes, assigned, self.tree.common_ancestor)
+        for i, path in enumerate(assigned):
+            if path is None:
                 assigned[i] = fallback
                 if fallback == self.root_path:
                     coverage.root_fallback += 1

@@ -81,7 +81,7 @@ def _tags(f, meta: dict | None) -> list[Check]:
 def _runs(f, config: dict | None) -> Check:
     import onnxruntime as ort
 
-    from modelexport.inspect.dummy_inputs import make_inputs
+    from modelexport.runtime.dummy_inputs import make_inputs
 
     try:
         options = ort.SessionOptions()

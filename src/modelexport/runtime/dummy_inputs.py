@@ -25,15 +25,16 @@ def _config_value(config: dict, *keys, default=None):
 PAST_LENGTH, SEQUENCE_LENGTH = 1, 8
 
 
-def _dim(input_name: str, axis: int, dim, config: dict, rank: int) -> int:
+def _dim(input_name: str, axis: int, dim, config: dict, rank: int, batch: int = 1,
+         sequence: int = SEQUENCE_LENGTH) -> int:
     if isinstance(dim, int) and dim > 0:
         return dim
     name = (dim or "").lower() if isinstance(dim, str) else ""
     if "+" in name:  # Optimum names e.g. "past_sequence_length + sequence_length"
-        return sum(_dim(input_name, axis, part.strip(), config, rank) if not part.strip().isdigit()
-                   else int(part) for part in name.split("+"))
+        return sum(_dim(input_name, axis, part.strip(), config, rank, batch, sequence)
+                   if not part.strip().isdigit() else int(part) for part in name.split("+"))
     if "batch" in name or axis == 0:
-        return 1
+        return batch
     if "past" in name:
         return PAST_LENGTH
     if input_name == "pixel_values":
@@ -47,10 +48,12 @@ def _dim(input_name: str, axis: int, dim, config: dict, rank: int) -> int:
         if axis == 1:
             return int(_config_value(config, "num_mel_bins", "feature_size", default=80))
         return 2 * int(_config_value(config, "max_source_positions", default=1500))
-    return SEQUENCE_LENGTH
+    return sequence
 
 
-def make_inputs(session, config: dict | None = None) -> dict[str, np.ndarray]:
+def make_inputs(session, config: dict | None = None, batch: int = 1,
+                sequence: int = SEQUENCE_LENGTH) -> dict[str, np.ndarray]:
+    """Inputs for every graph input; ``batch`` and ``sequence`` size the symbolic dimensions."""
     config = config or {}
     rng = np.random.default_rng(0)
     feed = {}
@@ -58,7 +61,7 @@ def make_inputs(session, config: dict | None = None) -> dict[str, np.ndarray]:
         dtype = _ORT_TYPES.get(spec.type)
         if dtype is None:
             raise ValueError(f"input {spec.name} has unsupported type {spec.type}")
-        shape = [_dim(spec.name, i, d, config, len(spec.shape)) for i, d in enumerate(spec.shape)]
+        shape = [_dim(spec.name, i, d, config, len(spec.shape), batch, sequence) for i, d in enumerate(spec.shape)]
         if dtype is np.bool_:
             feed[spec.name] = np.zeros(shape, dtype=dtype)  # e.g. use_cache_branch: first step
         elif np.issubdtype(dtype, np.integer):

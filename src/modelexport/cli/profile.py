@@ -1,0 +1,122 @@
+"""``modelexport profile PATH``: ONNX Runtime time per module (self and total), not per operator."""
+from __future__ import annotations
+
+from modelexport.cli import args as shared
+
+
+def register(sub) -> None:
+    p = sub.add_parser("profile", help="ONNX Runtime time per module",
+                       description="Run ONNX Runtime with profiling and aggregate each node's kernel time into "
+                       "its module: self and total time, share of the run, calls per run.")
+    shared.add_path(p)
+    p.add_argument("--runs", type=int, default=10, help="profiled runs (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="runs before profiling counts (default 3)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the dummy inputs")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="sequence length of the dummy inputs (default 128, or the model's maximum if smaller)")
+    p.add_argument("--inputs", default=None, help="an .npz file of inputs by name, instead of dummy inputs")
+    p.add_argument("--optimization", choices=("disabled", "basic", "extended", "all"), default="all",
+                   help="ONNX Runtime graph optimization level (default all); fused nodes are mapped back")
+    p.add_argument("--depth", type=int, default=None, help="fold modules deeper than this into their ancestors")
+    p.add_argument("--trace", default=None, help="also write a speedscope flame graph (JSON) here")
+    shared.add_format(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from modelexport.errors import ModelExportError
+    from modelexport.inspect.loading import load_target
+    from modelexport.runtime.dummy_inputs import make_inputs
+    from modelexport.runtime.profile import profile_model, speedscope
+
+    if args.runs < 1 or args.warmup < 0 or args.batch < 1 or (args.seq_len is not None and args.seq_len < 1):
+        raise ModelExportError("--runs, --batch and --seq-len must be positive and --warmup not negative")
+    target = load_target(args.path)
+    try:
+        config = json.loads((Path(target.folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    modules = (target.metadata or {}).get("modules")
+    seq_len = args.seq_len
+    if seq_len is None:
+        limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+        seq_len = min(128, limit) if isinstance(limit, int) and limit > 0 else 128
+    profiles = []
+    for f in target.files:
+        import onnxruntime as ort
+
+        if args.inputs:
+            try:
+                with np.load(args.inputs) as data:
+                    feed = {k: data[k] for k in data.files}
+            except (OSError, ValueError) as e:
+                raise ModelExportError(f"cannot read inputs from {args.inputs}: {e}") from e
+        else:
+            options = ort.SessionOptions()
+            options.log_severity_level = 4
+            probe = ort.InferenceSession(str(f.path), options, providers=["CPUExecutionProvider"])
+            feed = make_inputs(probe, config if isinstance(config, dict) else None, args.batch, seq_len)
+        try:
+            profiles.append(profile_model(f.path, f.model, feed, args.runs, args.warmup, args.optimization,
+                                          args.depth, modules))
+        except Exception as e:  # ORT's own exception types: the user gets its message
+            raise ModelExportError(f"ONNX Runtime could not run {f.name}: {str(e).strip()[:300]}") from e
+    if args.trace:
+        Path(args.trace).write_text(json.dumps(speedscope(profiles)), encoding="utf-8")
+    if args.format == "json":
+        docs = {p.file: p.as_dict() for p in profiles}
+        print(json.dumps(docs[profiles[0].file] if len(profiles) == 1 else docs, indent=2))
+    elif args.format == "csv":
+        import csv
+        import sys
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["file", "module_path", "hierarchy_tag", "self_ms", "total_ms", "share_pct", "calls"])
+        for p in profiles:
+            d = p.as_dict()
+            for m in d["modules"]:
+                share = 100 * m["total_ms"] / d["total_ms"] if d["total_ms"] else 0
+                writer.writerow([p.file, "" if m["module_path"] is None else m["module_path"], m["hierarchy_tag"],
+                                 f"{m['self_ms']:.4f}", f"{m['total_ms']:.4f}", f"{share:.2f}", m["calls"]])
+    else:
+        _print(profiles)
+    if args.trace:
+        import sys
+
+        print(f"wrote {args.trace} (open it at https://www.speedscope.app)", file=sys.stderr)
+    return 0
+
+
+def _print(profiles) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    from modelexport.inspect.render import safe_text
+
+    console = Console()
+    for p in profiles:
+        d = p.as_dict()
+        total = d["total_ms"] or 1e-9
+        tree = Tree(f"[bold]{escape(p.file)}[/]  {d['total_ms']:.3f} ms of kernel time per run "
+                    f"({p.runs} runs, optimization {p.optimization}); unmapped {d['unmapped_ms']:.3f} ms")
+        rows = {m["module_path"]: m for m in d["modules"]}
+        branches = {}
+        for path in sorted((k for k in rows if k is not None), key=lambda k: (k.count(".") if k else -1, k)):
+            m = rows[path]
+            parent = path.rpartition(".")[0] if path else None
+            while parent is not None and parent not in branches and parent != "":
+                parent = parent.rpartition(".")[0]
+            holder = tree if path == "" else branches.get(parent, tree)
+            name = "(root)" if path == "" else path
+            branches[path] = holder.add(
+                f"{escape(safe_text(name))}  [bold]{m['total_ms']:.3f}[/] ms total ({100 * m['total_ms'] / total:.1f}%), "
+                f"self {m['self_ms']:.3f} ms, {m['calls']} calls")
+        if None in rows:
+            tree.add(f"[yellow](unmapped)[/] {rows[None]['self_ms']:.3f} ms")
+        console.print(tree)

@@ -1,0 +1,38 @@
+"""Give untagged nodes the module of the nodes around them.
+
+Shared by the tagging pass (nodes the exporter left without a scope) and tag restoration
+(nodes an optimizer or quantizer created): first from the nodes that consume a node's outputs
+(walking backwards, so chains resolve), then from those that produce its inputs.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+
+def infer_from_neighbours(nodes: Sequence, assigned: list[str | None],
+                          common: Callable[[list[str]], str]) -> int:
+    """Fill ``assigned[i] is None`` entries in place; returns how many were filled."""
+    producer: dict[str, int] = {}
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.output:
+            if name:
+                producer[name] = i
+        for name in node.input:
+            if name:
+                consumers.setdefault(name, []).append(i)
+    unknown = [i for i, p in enumerate(assigned) if p is None]
+    filled = 0
+    for i in reversed(unknown):
+        found = [assigned[c] for name in nodes[i].output for c in consumers.get(name, ()) if assigned[c] is not None]
+        if found:
+            assigned[i] = common(found)
+            filled += 1
+    for i in unknown:
+        if assigned[i] is not None:
+            continue
+        found = [assigned[producer[x]] for x in nodes[i].input if x in producer and assigned[producer[x]] is not None]
+        if found:
+            assigned[i] = common(found)
+            filled += 1
+    return filled
