@@ -48,9 +48,14 @@ class ModuleTree:
         # the other name in its scopes.
         self.aliases = aliases or {}
         self._by_scope_name: dict[str, list[str]] = {}
+        # (path the scope name extends, scope name) -> module: the O(1) case of every lookup.
+        # "layers.5" extends the root even though its parent is the ModuleList "layers".
+        self._by_prefix: dict[tuple[str, str], str] = {}
         for path in list(modules) + list(self.aliases):
             if path:
-                self._by_scope_name.setdefault(torchscript_scope_name(path), []).append(path)
+                name = torchscript_scope_name(path)
+                self._by_scope_name.setdefault(name, []).append(path)
+                self._by_prefix[(path[: -len(name)].rstrip("."), name)] = path
         self._ancestor_cache: dict[str, tuple[str, ...]] = {}
 
     @classmethod
@@ -144,6 +149,9 @@ class ModuleTree:
         which covers modules that call a grandchild's ``forward`` directly (a level the trace
         never saw); otherwise the one module anywhere with that name, if there is exactly one.
         """
+        direct = self._by_prefix.get((current, scope_name))
+        if direct is not None:
+            return direct
         candidates = self._by_scope_name.get(scope_name)
         if not candidates:
             return None

@@ -12,16 +12,22 @@ from typing import Callable, Sequence
 def infer_from_neighbours(nodes: Sequence, assigned: list[str | None],
                           common: Callable[[list[str]], str]) -> int:
     """Fill ``assigned[i] is None`` entries in place; returns how many were filled."""
+    unknown = [i for i, p in enumerate(assigned) if p is None]
+    if not unknown:
+        return 0
+    # Index only the tensors the unknown nodes touch: whole-graph maps of every tensor cost
+    # more (and grow worse than linearly, from cache misses) than the inference itself.
+    wanted_consumers = {name for i in unknown for name in nodes[i].output if name}
+    wanted_producers = {name for i in unknown for name in nodes[i].input if name}
     producer: dict[str, int] = {}
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
         for name in node.output:
-            if name:
+            if name in wanted_producers:
                 producer[name] = i
         for name in node.input:
-            if name:
+            if name in wanted_consumers:
                 consumers.setdefault(name, []).append(i)
-    unknown = [i for i, p in enumerate(assigned) if p is None]
     filled = 0
     for i in reversed(unknown):
         found = [assigned[c] for name in nodes[i].output for c in consumers.get(name, ()) if assigned[c] is not None]

@@ -11,6 +11,7 @@ Traps handled here:
 """
 from __future__ import annotations
 
+import gc
 import re
 from dataclasses import asdict, dataclass
 
@@ -100,12 +101,25 @@ class TaggingPass:
         graph = model.graph if isinstance(model, onnx.ModelProto) else model
         coverage = Coverage()
         paths: list[tuple[onnx.NodeProto, str]] = []
-        self._assign(graph, self.root_path, coverage, paths)
-        counts: dict[str, int] = {}
-        root_class = self.tree.modules[""].class_name
-        for node, path in paths:
-            write_tag(node, path, self.tree.tag(path), namespace_for(root_class, path))
-            counts[path] = counts.get(path, 0) + 1
+        # The pass allocates a few small objects per node and frees none until the end; with the
+        # cyclic GC on, its collections rescan them all and the pass turns superlinear
+        # (measured: 18 vs 7 µs/node at 10k nodes, benchmarks/tagging_scale.py).
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._assign(graph, self.root_path, coverage, paths)
+            counts: dict[str, int] = {}
+            root_class = self.tree.modules[""].class_name
+            namespaces: dict[str, str] = {}
+            for node, path in paths:
+                namespace = namespaces.get(path)
+                if namespace is None:
+                    namespace = namespaces[path] = namespace_for(root_class, path)
+                write_tag(node, path, self.tree.tag(path), namespace)
+                counts[path] = counts.get(path, 0) + 1
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         coverage.nodes = len(paths)
         coverage.at_root = counts.get(self.root_path, 0)
         return TaggingResult(coverage, counts)
