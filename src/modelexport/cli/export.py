@@ -23,6 +23,9 @@ def register(sub) -> None:
                    help="skip comparing ONNX Runtime outputs with PyTorch")
     p.add_argument("--format", choices=("text", "json"), default="text", help="summary format on stdout")
     p.add_argument("--report", action="store_true", help="also write OUTPUT_DIR/modelexport_report.md")
+    p.add_argument("--static-shapes", default=None, metavar="NAME=SIZE,...",
+                   help="fixed input shapes instead of dynamic axes, e.g. batch_size=1,sequence_length=128 "
+                   "(names of Optimum's dummy shapes); preprocessors are saved to pad to them")
     p.set_defaults(run=run)
 
 
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         trust_remote_code=args.trust_remote_code,
         validate=args.validate,
+        static_shapes=args.static_shapes,
         reporter=reporter,
     )
     if args.report:

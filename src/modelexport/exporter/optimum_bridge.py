@@ -56,7 +56,8 @@ def _submodels_and_configs(model, task: str, library: str):
     )
 
 
-def export_with_optimum(model, task: str, library: str, output_dir: Path, opset: int | None) -> OptimumExport:
+def export_with_optimum(model, task: str, library: str, output_dir: Path, opset: int | None,
+                        static_shapes: dict[str, int] | None = None) -> OptimumExport:
     """Run Optimum's export and post-processing into ``output_dir``; list what it wrote."""
     from optimum.exporters.onnx import onnx_export_from_model
 
@@ -66,7 +67,7 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
     default = getattr(main_config, "DEFAULT_ONNX_OPSET", None)
     try:
         onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False,
-                               no_post_process=True)
+                               no_post_process=True, no_dynamic_axes=bool(static_shapes), **(static_shapes or {}))
     except Exception as e:  # torch.onnx / Optimum failures reach the user as one line
         disk = disk_error_message(e)
         if disk:
@@ -93,6 +94,12 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
         validations.append(ValidationTarget(path, submodel, onnx_config, label, exported_outputs[label]))
         traced.setdefault(path, submodel)  # files made by post-processing (merged decoders)
     files = [ExportedFile(p.name, traced.get(p.name)) for p in sorted(output_dir.glob("*.onnx"))]
+    if static_shapes:
+        import onnx
+
+        # Fixed sizes everywhere, not only at the inputs: compilers read value_info.
+        for f in files:
+            onnx.shape_inference.infer_shapes_path(str(output_dir / f.name), str(output_dir / f.name))
     if not files:
         raise RuntimeError(f"Optimum wrote no ONNX file into {output_dir}")
     return OptimumExport(files, validations)

@@ -18,6 +18,7 @@ def export(
     force: bool = False,
     trust_remote_code: bool = False,
     validate: bool = True,
+    static_shapes: dict[str, int] | str | None = None,
     reporter: PhaseReporter | None = None,
 ) -> ExportResult:
     """Export ``model`` (Hub id, local folder or loaded ``PreTrainedModel``) into ``output_dir``.
@@ -44,6 +45,10 @@ def export(
     output_dir = Path(output_dir)
     check_output_dir(output_dir.resolve(), force)
     check_opset(opset)
+    if isinstance(static_shapes, str):
+        from modelexport.exporter.static_shapes import parse_static_shapes
+
+        static_shapes = parse_static_shapes(static_shapes)
 
     with phases("load", "Loading model"):
         if isinstance(model, (str, Path)):
@@ -55,10 +60,14 @@ def export(
             prepare_for_task(loaded, source)
             config = loaded.config
         tree = ModuleTree.from_module(loaded)
+        if static_shapes:
+            from modelexport.exporter.static_shapes import check_against_config
+
+            check_against_config(static_shapes, getattr(loaded, "config", config))
 
     with staged_output_dir(output_dir, force) as staging:
         with phases("export", "Exporting with Optimum (torch.onnx trace)"):
-            exported = export_with_optimum(loaded, source.task, source.library, staging, opset)
+            exported = export_with_optimum(loaded, source.task, source.library, staging, opset, static_shapes)
 
         instance_paths = {id(m): p for p, m in loaded.named_modules()}
         reports: list[FileReport] = []
@@ -83,6 +92,11 @@ def export(
                 trust_remote_code=trust_remote_code,
                 generation_config=generation_config if can_generate else None,
             )
+            static_changes = []
+            if static_shapes:
+                from modelexport.exporter.static_shapes import record_in_preprocessors
+
+                static_changes = record_in_preprocessors(staging, static_shapes)
 
         if validate:
             with phases("validate", "Comparing ONNX Runtime with PyTorch"):
@@ -90,7 +104,8 @@ def export(
                 for target in exported.validations:
                     by_file.setdefault(target.file, []).append(
                         (target.label, validate_file(staging / target.file, target.submodel, target.onnx_config,
-                                                     output_names=target.output_names)))
+                                                     output_names=target.output_names,
+                                                     input_shapes=static_shapes)))
                 for report in reports:
                     if report.name in by_file:
                         report.validation = merge_validations(by_file[report.name])
@@ -115,6 +130,8 @@ def export(
             "task": source.task,
             "library": source.library,
             "ort_model_class": result.ort_model_class,
+            "static_shapes": static_shapes or None,
+            "static_preprocessing": static_changes or None,
             "opset": file_opset,
             "files": {r.name: {"root_module": r.root_module, "nodes": r.nodes, "coverage": r.coverage,
                                "graph_sha256": r.graph_sha256, "validation": r.validation} for r in reports},

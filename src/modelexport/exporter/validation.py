@@ -49,13 +49,13 @@ def _flatten(onnx_config, name: str, value, into: dict) -> None:
 
 
 def validate_file(onnx_path: Path, submodel, onnx_config, atol: float | None = None,
-                  output_names: list[str] | None = None) -> FileValidation:
+                  output_names: list[str] | None = None, input_shapes: dict | None = None) -> FileValidation:
     import onnxruntime as ort
     import torch
 
     if atol is None:
         atol = optimum_atol(onnx_config, getattr(onnx_config, "task", ""))
-    inputs = onnx_config.generate_dummy_inputs(framework="pt")
+    inputs = onnx_config.generate_dummy_inputs(framework="pt", **(input_shapes or {}))
     reference_inputs = onnx_config.rename_ambiguous_inputs(copy.deepcopy(inputs))
     with onnx_config.patch_model_for_export(submodel, model_kwargs={}), torch.inference_mode():
         reference = submodel(**reference_inputs)
