@@ -95,11 +95,10 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
         traced.setdefault(path, submodel)  # files made by post-processing (merged decoders)
     files = [ExportedFile(p.name, traced.get(p.name)) for p in sorted(output_dir.glob("*.onnx"))]
     if static_shapes:
-        import onnx
+        from modelexport.exporter.static_shapes import infer_static_shapes
 
-        # Fixed sizes everywhere, not only at the inputs: compilers read value_info.
         for f in files:
-            onnx.shape_inference.infer_shapes_path(str(output_dir / f.name), str(output_dir / f.name))
+            infer_static_shapes(output_dir / f.name)
     if not files:
         raise RuntimeError(f"Optimum wrote no ONNX file into {output_dir}")
     return OptimumExport(files, validations)

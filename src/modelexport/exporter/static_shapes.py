@@ -81,6 +81,27 @@ def record_in_preprocessors(folder: Path, shapes: dict[str, int]) -> list[str]:
     return changed
 
 
+def infer_static_shapes(path: Path) -> None:
+    """Write fixed sizes on every value of the graph, not only its inputs: compilers read
+    value_info. ONNX's own inference leaves shapes computed at run time (the attention-mask
+    Expand of BERT) symbolic; ONNX Runtime's symbolic inference folds them, so it runs first."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    if not external:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        try:
+            inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(path)), auto_merge=False)
+        except Exception:  # its failures are its own; ONNX's inference below still runs
+            inferred = None
+        if inferred is not None:
+            onnx.save(inferred, str(path))
+            return
+    onnx.shape_inference.infer_shapes_path(str(path), str(path), data_prop=True)
+
+
 def is_fully_static(path: Path) -> list[str]:
     """Names of graph inputs, outputs and inferred values that still have a symbolic dimension."""
     import onnx
