@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _ort_timing import run_latency_ms  # noqa: E402
 
 
 def run_once(tool: str, model: str, task: str, out: Path) -> dict:
@@ -50,27 +52,6 @@ def machine() -> dict:
     return {"cores": os.cpu_count(), "ram_gib": round(mem_kib / 2**20, 1), "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions,
             "date": datetime.date.today().isoformat()}
-
-
-def ort_latency_ms(path: Path, runs: int = 30) -> list[float]:
-    import time
-
-    import onnxruntime as ort
-
-    from modelexport.runtime.dummy_inputs import make_inputs
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = make_inputs(session, None, 1, 32)
-    for _ in range(5):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000)
-    return times
 
 
 def onnx_bytes(folder: Path) -> int:
@@ -123,7 +104,7 @@ def run_case(name: str, reps: int, tmp: Path) -> dict:
         latency = {"optimum": [], "modelexport": []}
         for _ in range(3):
             for tool in ("optimum", "modelexport"):
-                latency[tool] += ort_latency_ms(kept[tool] / "model.onnx")
+                latency[tool] += run_latency_ms(kept[tool] / "model.onnx")
         result["ort_latency_ms"] = latency
     if name == "minilm":
         out = tmp / "dynamo"

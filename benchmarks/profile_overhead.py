@@ -19,27 +19,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-
-def per_run_ms(path: Path, feed: dict, runs: int, profiling: bool) -> list[float]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    if profiling:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "p")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(5):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000)
-    if profiling:
-        os.remove(session.end_profiling())
-    return times
+sys.path.insert(0, str(HERE))
+from _ort_timing import run_latency_ms  # noqa: E402
 
 
 def main() -> int:
@@ -65,8 +46,8 @@ def main() -> int:
         feed = make_inputs(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), None, 1, args.seq_len)
         plain, profiled = [], []
         for _ in range(3):  # alternate, so drift hits both
-            plain += per_run_ms(path, feed, args.runs, False)
-            profiled += per_run_ms(path, feed, args.runs, True)
+            plain += run_latency_ms(path, feed, args.runs, profiling=False)
+            profiled += run_latency_ms(path, feed, args.runs, profiling=True)
         model = onnx.load(str(path), load_external_data=False)
         meta_path = (path.parent / "modelexport_metadata.json")
         modules = json.loads(meta_path.read_text())["modules"] if meta_path.exists() else None

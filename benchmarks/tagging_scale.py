@@ -23,7 +23,6 @@ HERE = Path(__file__).resolve().parent
 
 def synthetic(blocks: int):
     import numpy as np
-    import onnx
     import torch
     from onnx import TensorProto, helper, numpy_helper
 

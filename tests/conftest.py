@@ -14,33 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WORDS = ("the a an is was be to of and in that it for on with as at by this from or have not are but "
-         "hello world model export onnx graph node module layer tensor tiny test sentence cat dog runs fast "
-         "slow good bad red blue green").split()
-
-
-def build_wordpiece_tokenizer(folder: Path):
-    """A BERT tokenizer from a small vocabulary, built with the tokenizers library."""
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
-    from transformers import BertTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?'")
-    vocab_list = specials + WORDS + letters + ["##" + ch for ch in letters]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
-    backend = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    backend.decoder = decoders.WordPiece()
-    tokenizer = BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
-    tokenizer.save_pretrained(folder)
-    return tokenizer
+from modelexport.testing.tiny_models import wordpiece_tokenizer as build_wordpiece_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

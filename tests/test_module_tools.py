@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
 from modelexport.cli.main import main as cli
 from modelexport.hierarchy.tags import read_tags

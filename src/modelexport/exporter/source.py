@@ -7,7 +7,6 @@ library: sentence-transformers models are feature extractors).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

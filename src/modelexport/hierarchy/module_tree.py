@@ -26,6 +26,17 @@ def torchscript_scope_name(qualified_name: str) -> str:
     return qualified_name
 
 
+def common_path_prefix(paths) -> str:
+    """Longest common dotted prefix of module paths ("" when they share nothing)."""
+    split = [p.split(".") if p else [] for p in paths]
+    atoms = []
+    for column in zip(*split):
+        if any(a != column[0] for a in column):
+            break
+        atoms.append(column[0])
+    return ".".join(atoms)
+
+
 @dataclass
 class ModuleInfo:
     path: str  # named_modules() name; "" is the root

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from modelexport.hierarchy.module_tree import common_path_prefix
 from modelexport.hierarchy.neighbours import infer_from_neighbours
 from modelexport.hierarchy.tags import HIERARCHY_TAG_KEY, MODULE_PATH_KEY, NAMESPACE_KEY, iter_nodes, write_tag
 
@@ -73,13 +74,7 @@ class ModuleIndex:
         return path
 
     def common(self, paths: list[str]) -> str:
-        split = [p.split(".") if p else [] for p in paths]
-        atoms = []
-        for column in zip(*split):
-            if any(a != column[0] for a in column):
-                break
-            atoms.append(column[0])
-        return self.known(".".join(atoms))
+        return self.known(common_path_prefix(paths))
 
 
 def restore_tags(original, rewritten, metadata_modules: list[dict] | None = None) -> RestoreCounts:

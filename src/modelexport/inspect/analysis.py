@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from modelexport.errors import ModelExportError
+from modelexport.hierarchy.module_tree import common_path_prefix
 from modelexport.hierarchy.tags import iter_nodes, node_tag
 
 UNTAGGED = "(untagged)"
@@ -78,16 +79,6 @@ def _parent(path: str) -> str | None:
     return path.rpartition(".")[0]
 
 
-def _common(paths: list[str]) -> str:
-    split = [p.split(".") if p else [] for p in paths]
-    common = []
-    for atoms in zip(*split):
-        if any(a != atoms[0] for a in atoms):
-            break
-        common.append(atoms[0])
-    return ".".join(common)
-
-
 def _tensor_size(tensor) -> tuple[int, int]:
     from onnx.helper import tensor_dtype_to_np_dtype
 
@@ -151,7 +142,7 @@ def analyze_model(name: str, model, module_info: dict[str, dict] | None = None) 
         parameters += count
         parameter_bytes += size
         users = [p for p in consumers.get(tensor.name, ()) if p != UNTAGGED]
-        owner = module(_common(users)) if users else module(UNTAGGED if consumers.get(tensor.name) else "")
+        owner = module(common_path_prefix(users)) if users else module(UNTAGGED if consumers.get(tensor.name) else "")
         owner.params_own += count
         owner.bytes_own += size
 
