@@ -28,6 +28,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[test,bench]" "$(TORCH_PIN)"
 	$(PY) benchmarks/export_vs_optimum.py
 
 clean:
