@@ -99,7 +99,7 @@ def run_case(name: str, reps: int, tmp: Path) -> dict:
               "peak_rss_mib": {t: [r["peak_rss_mib"] for r in runs[t]] for t in tools},
               "onnx_bytes": sizes, "nodes": nodes,
               "phases": {k: [r["phases"][k] for r in runs["modelexport"]]
-                         for k in ("load", "export", "tag", "artifacts", "validate")}}
+                         for k in ("load", "export", "tag", "artifacts", "validate", "write")}}
     if (kept["optimum"] / "model.onnx").exists():  # single-file layouts: same graph, same speed?
         latency = {"optimum": [], "modelexport": []}
         for _ in range(3):
@@ -139,12 +139,13 @@ def table(results: list[dict], m: dict) -> str:
             f"{b['optimum']:,} / {b['modelexport']:,} | **{100 * (b['modelexport'] - b['optimum']) / b['optimum']:.3f} %** "
             f"({(b['modelexport'] - b['optimum']) / r['nodes']:.0f} B/node, {r['nodes']} nodes) | {tag_copy:.0f} |")
     lines += ["", "modelexport phases, seconds (median):", "",
-              "| case | load | export (Optimum's trace) | tag | config + preprocessors | validate |",
-              "|---|---|---|---|---|---|"]
+              "| case | load | export (Optimum's trace) | tag | config + preprocessors | validate | metadata + move |",
+              "|---|---|---|---|---|---|---|"]
     for r in results:
         p = r["phases"]
         lines.append(f"| {r['label']} | " + " | ".join(f"{med(p[k]):.3f}" for k in
-                                                      ("load", "export", "tag", "artifacts", "validate")) + " |")
+                                                      ("load", "export", "tag", "artifacts", "validate",
+                                                       "write")) + " |")
     lat = [r for r in results if "ort_latency_ms" in r]
     if lat:
         lines += ["", "ONNX Runtime latency of the two files (batch 1, sequence 32, 3×30 runs alternating):", "",

@@ -91,9 +91,10 @@ def quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # huggingface_hub resets its logger level on import
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
-    for name in ("transformers", "optimum", "torch", "sentence_transformers", "root"):
+    for name in ("transformers", "optimum", "torch", "sentence_transformers", "huggingface_hub", "urllib3", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
