@@ -65,7 +65,14 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
 
     main_config, models_and_configs = _submodels_and_configs(model, task, library)
     default = getattr(main_config, "DEFAULT_ONNX_OPSET", None)
+    # Optimum re-loads and saves the preprocessors from config._name_or_path (four Auto* loaders,
+    # ~60 ms on MiniLM, errors swallowed); artifacts.py writes them itself, with a record of each
+    # file, so Optimum is given no path to load from.
+    config = getattr(model, "config", None)
+    name_or_path = getattr(config, "_name_or_path", None)
     try:
+        if config is not None:
+            config._name_or_path = ""
         onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False,
                                no_post_process=True, no_dynamic_axes=bool(static_shapes), **(static_shapes or {}))
     except Exception as e:  # torch.onnx / Optimum failures reach the user as one line
@@ -77,6 +84,9 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
         if opset is not None and default is not None and opset < default:
             hint = f"; opset {opset} is below Optimum's default for this model ({default}): try --opset {default}"
         raise ModelExportError(f"the ONNX export failed at opset {opset or default}: {first}{hint}") from e
+    finally:
+        if config is not None:
+            config._name_or_path = name_or_path
     subpaths = [f"{name}.onnx" for name in models_and_configs]
     traced = {path: models_and_configs[name][0] for name, path in zip(models_and_configs, subpaths)}
     # Outputs of each submodel's own file, read before post-processing merges files: a merged
