@@ -26,7 +26,7 @@ def export(
     The folder is written beside ``output_dir`` and moved into place only when complete.
     """
     from modelexport.exporter import artifacts as artifacts_mod
-    from modelexport.exporter.metadata import module_table, tool_versions, write_metadata
+    from modelexport.exporter.metadata import METADATA_FILE, module_table, tool_versions, write_metadata
     from modelexport.exporter.optimum_bridge import check_opset, export_with_optimum
     from modelexport.exporter.ort_class import ort_model_class_name
     from modelexport.exporter.output_dir import check_output_dir, staged_output_dir
@@ -145,5 +145,5 @@ def export(
     # is written, so it is in the returned timings, not in the file's.
     result.timings["write"] = time.perf_counter() - write_started
     result.timings["total"] = time.perf_counter() - started
-    result.metadata_path = output_dir / "modelexport_metadata.json"
+    result.metadata_path = output_dir / METADATA_FILE
     return result

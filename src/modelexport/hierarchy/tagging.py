@@ -23,8 +23,6 @@ from modelexport.hierarchy.tags import namespace_for, write_tag
 
 _CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
 
-DIRECT, INFERRED, ROOT_FALLBACK = "direct", "inferred", "root"
-
 
 @dataclass
 class Coverage:

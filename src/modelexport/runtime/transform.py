@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelexport.errors import ModelExportError
-
-METADATA_FILE = "modelexport_metadata.json"
+from modelexport.exporter.metadata import METADATA_FILE
 
 
 @dataclass
