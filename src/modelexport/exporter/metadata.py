@@ -26,14 +26,21 @@ def tool_versions() -> dict:
     }
 
 
-def module_table(tree, node_counts_by_file: dict[str, dict[str, int]]) -> list[dict]:
-    # Totals include descendants: add each module's own count to every ancestor once.
+def node_totals(node_counts_by_file: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Nodes of each module and its descendants, per file: each module's own count is added to
+    itself and every ancestor (module paths are dotted, so ancestors are their prefixes)."""
     totals: dict[str, dict[str, int]] = {}
     for file, counts in node_counts_by_file.items():
         for path, n in counts.items():
-            for ancestor in tree.ancestors(path):
-                per_file = totals.setdefault(ancestor, {})
+            atoms = path.split(".") if path else []
+            for i in range(len(atoms) + 1):
+                per_file = totals.setdefault(".".join(atoms[:i]), {})
                 per_file[file] = per_file.get(file, 0) + n
+    return totals
+
+
+def module_table(tree, node_counts_by_file: dict[str, dict[str, int]]) -> list[dict]:
+    totals = node_totals(node_counts_by_file)
     rows = []
     for info in tree:
         counts = {f: c[info.path] for f, c in node_counts_by_file.items() if info.path in c}

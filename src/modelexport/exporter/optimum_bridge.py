@@ -104,13 +104,13 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
         validations.append(ValidationTarget(path, submodel, onnx_config, label, exported_outputs[label]))
         traced.setdefault(path, submodel)  # files made by post-processing (merged decoders)
     files = [ExportedFile(p.name, traced.get(p.name)) for p in sorted(output_dir.glob("*.onnx"))]
+    if not files:
+        raise RuntimeError(f"Optimum wrote no ONNX file into {output_dir}")
     if static_shapes:
         from modelexport.exporter.static_shapes import infer_static_shapes
 
         for f in files:
             infer_static_shapes(output_dir / f.name)
-    if not files:
-        raise RuntimeError(f"Optimum wrote no ONNX file into {output_dir}")
     return OptimumExport(files, validations)
 
 

@@ -12,7 +12,7 @@ add; fused nodes get new names. For each node of the rewritten model, in order o
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 from modelexport.hierarchy.module_tree import common_path_prefix
 from modelexport.hierarchy.neighbours import infer_from_neighbours
@@ -30,9 +30,12 @@ class RestoreCounts:
     inferred: int = 0
     root: int = 0
     renamed: int = 0  # nodes without a name that were given one
+    by_module: dict = field(default_factory=dict)  # module path -> nodes now tagged with it
+    graph_sha256: str = ""  # fingerprint of the rewritten graph, set by whoever saves it
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """How nodes got their tags (per-module counts and fingerprint are reported separately)."""
+        return {k: v for k, v in vars(self).items() if k not in ("by_module", "graph_sha256")}
 
 
 class ModuleIndex:
@@ -77,11 +80,15 @@ class ModuleIndex:
         return self.known(common_path_prefix(paths))
 
 
-def restore_tags(original, rewritten, metadata_modules: list[dict] | None = None) -> RestoreCounts:
-    """Tag every node of ``rewritten`` (a ModelProto, edited in place) from ``original``."""
+def restore_tags(original, rewritten, metadata_modules: list[dict] | None = None,
+                 index: ModuleIndex | None = None) -> RestoreCounts:
+    """Tag every node of ``rewritten`` (a ModelProto, edited in place) from ``original``.
+
+    ``index`` may be given when the caller already built it from ``original``.
+    """
     from modelexport.hierarchy.tags import namespace_for
 
-    index = ModuleIndex(original, metadata_modules)
+    index = index or ModuleIndex(original, metadata_modules)
     counts = RestoreCounts()
     used_names = {n.name for n, _ in iter_nodes(rewritten.graph) if n.name}
     surviving = {o for n, _ in iter_nodes(rewritten.graph) for o in n.output}
@@ -133,6 +140,7 @@ def restore_tags(original, rewritten, metadata_modules: list[dict] | None = None
         for node, path in zip(nodes, assigned):
             write_tag(node, path, index.tag.get(path, ""), namespace_for(index.root_class, path))
             counts.nodes += 1
+            counts.by_module[path] = counts.by_module.get(path, 0) + 1
             for attr in node.attribute:
                 for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                     assign_graph(sub, path)

@@ -76,10 +76,10 @@ def profile_model(onnx_path: Path, original, feed: dict, runs: int = 10, warmup:
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
         ran = onnx.load(str(optimized_path), load_external_data=False) if optimized_path.exists() else original
+        index = ModuleIndex(original, metadata_modules)
         if ran is not original:
-            restore_tags(original, ran, metadata_modules)
+            restore_tags(original, ran, index=index)
 
-    index = ModuleIndex(original, metadata_modules)
     tags = {t.node_name: t for t in (node_tag(n, p) for n, p in iter_nodes(ran.graph))}
     # Only the last `runs` model runs count: warm-up runs are profiled too.
     windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events

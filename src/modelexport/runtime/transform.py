@@ -31,9 +31,12 @@ def _copy_side_files(src: Path, dst: Path) -> None:
             shutil.copy2(p, dst / p.name)
 
 
-def _restore_all(src: Path, staging: Path, names: list[str], modules) -> dict[str, dict]:
+def _restore_all(src: Path, staging: Path, names: list[str], modules) -> dict[str, object]:
+    """Restore tags on each rewritten file; returns its RestoreCounts (with per-module counts)
+    and records the new graph's fingerprint on it."""
     import onnx
 
+    from modelexport.hierarchy.fingerprint import graph_fingerprint
     from modelexport.hierarchy.restore import restore_tags
 
     results = {}
@@ -44,45 +47,34 @@ def _restore_all(src: Path, staging: Path, names: list[str], modules) -> dict[st
         counts = restore_tags(original, rewritten, modules)
         onnx.save(rewritten, str(rewritten_path))
         onnx.checker.check_model(str(rewritten_path), full_check=False)
-        results[name] = counts.as_dict()
+        counts.graph_sha256 = graph_fingerprint(rewritten.graph)
+        results[name] = counts
     return results
 
 
-def _write_metadata(src: Path, staging: Path, step: dict, files: dict[str, dict]) -> None:
-    from modelexport.hierarchy.fingerprint import graph_fingerprint
-    from modelexport.hierarchy.tags import iter_nodes, node_tag
-
-    import onnx
+def _write_metadata(src: Path, staging: Path, step: dict, files: dict[str, object]) -> dict[str, dict]:
+    """The source folder's metadata with this step appended and node counts of the new files;
+    returns each file's restore counts as dicts."""
+    from modelexport.exporter.metadata import node_totals
 
     meta = json.loads((src / METADATA_FILE).read_text(encoding="utf-8")) if (src / METADATA_FILE).is_file() else {
         "schema": "modelexport.metadata", "schema_version": 1, "modules": []}
     meta.setdefault("transforms", []).append(step)
+    by_file = {name: counts.by_module for name, counts in files.items()}
+    totals = node_totals(by_file)
     for row in meta.get("modules", []):
-        row["nodes"] = {}
-        row["nodes_total"] = {}
-    rows = {row["module_path"]: row for row in meta.get("modules", [])}
+        path = row["module_path"]
+        row["nodes"] = {name: c[path] for name, c in by_file.items() if path in c}
+        row["nodes_total"] = totals.get(path, {})
+    summaries = {}
     for name, counts in files.items():
-        model = onnx.load(str(staging / name), load_external_data=False)
-        per_module: dict[str, int] = {}
-        for node, path in iter_nodes(model.graph):
-            tag = node_tag(node, path)
-            per_module[tag.module_path] = per_module.get(tag.module_path, 0) + 1
-        for path, n in per_module.items():
-            if path in rows:
-                rows[path]["nodes"][name] = n
-            atoms = path.split(".") if path else []
-            for i in range(len(atoms) + 1):
-                anc = ".".join(atoms[:i])
-                if anc in rows:
-                    rows[anc]["nodes_total"][name] = rows[anc]["nodes_total"].get(name, 0) + n
-        entry = meta.setdefault("files", {}).setdefault(name, {})
-        entry.update({"nodes": sum(per_module.values()), "graph_sha256": graph_fingerprint(model.graph),
-                      "restored_tags": counts, "validation": None,
-                      "coverage": {"nodes": sum(per_module.values()), "direct": 0,
-                                   "inferred": counts["inferred"] + counts["by_lineage"],
-                                   "root_fallback": counts["root"], "kept": counts["kept"],
-                                   "by_name": counts["by_name"]}})
+        summary = summaries[name] = counts.as_dict()
+        meta.setdefault("files", {}).setdefault(name, {}).update({
+            "nodes": counts.nodes, "graph_sha256": counts.graph_sha256, "restored_tags": summary, "validation": None,
+            "coverage": {"nodes": counts.nodes, "direct": 0, "inferred": counts.inferred + counts.by_lineage,
+                         "root_fallback": counts.root, "kept": counts.kept, "by_name": counts.by_name}})
     (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return summaries
 
 
 def _onnx_names(src: Path) -> list[str]:
@@ -111,8 +103,8 @@ def optimize_folder(src, out, level: str = "O2", force: bool = False) -> Transfo
             raise ModelExportError(f"Optimum's optimizer cannot optimize {src}: {str(e).splitlines()[0][:300]}") from e
         _copy_side_files(src, staging)
         files = _restore_all(src, staging, names, modules)
-        _write_metadata(src, staging, {"step": "optimize", "level": level}, files)
-    return TransformResult(out, files)
+        summaries = _write_metadata(src, staging, {"step": "optimize", "level": level}, files)
+    return TransformResult(out, summaries)
 
 
 def excluded_node_names(model, patterns: list[str]) -> dict[str, list[str]]:
@@ -167,9 +159,9 @@ def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = Fa
                         shutil.move(str(p), staging / p.name)
         _copy_side_files(src, staging)
         files = _restore_all(src, staging, names, modules)
-        _write_metadata(src, staging, {"step": "quantize", "mode": "dynamic int8 (avx2)",
-                                       "excluded_modules": exclude, "kept_float_nodes": result.kept_float}, files)
-        result.files = files
+        result.files = _write_metadata(src, staging, {"step": "quantize", "mode": "dynamic int8 (avx2)",
+                                                      "excluded_modules": exclude,
+                                                      "kept_float_nodes": result.kept_float}, files)
     return result
 
 
