@@ -35,8 +35,8 @@ def test_minilm_tags(minilm_export):
     # sentence-transformers' Transformer calls its BertModel's forward directly, so the scope
     # skips a level ("/0/encoder/..."); the tag still names the real module path.
     query = next(t for t in tags if t.node_name == "/0/encoder/layer.3/attention/self/query/MatMul")
-    assert query.module_path == "0.auto_model.encoder.layer.3.attention.self.query" or \
-        query.module_path == "0.model.encoder.layer.3.attention.self.query"
+    # sentence-transformers 5 registers the BertModel as `model` (`auto_model` is a property)
+    assert query.module_path == "0.model.encoder.layer.3.attention.self.query"
     assert query.hierarchy_tag.startswith("/SentenceTransformer/Transformer.0/BertModel/BertEncoder/BertLayer.3/")
     pooling = [t for t in tags if t.module_path == "1"]
     assert pooling and all(t.hierarchy_tag == "/SentenceTransformer/Pooling.1" for t in pooling)

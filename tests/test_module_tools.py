@@ -17,12 +17,20 @@ def run_json(capsys, *argv):
     return code, json.loads(capsys.readouterr().out)
 
 
+def profile_json(capsys, *argv):
+    """``profile --format json`` has one shape for one file or many: {"files": {FILE: profile}}."""
+    code, doc = run_json(capsys, "profile", *argv)
+    assert doc["schema"] == "modelexport.profile"
+    return code, doc
+
+
 # -- profile ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("optimization", ["all", "disabled"])
 def test_profile_by_module_adds_up(tiny_bert_export, capsys, optimization):
     out, _ = tiny_bert_export
-    code, doc = run_json(capsys, "profile", out, "--runs", "3", "--warmup", "1", "--seq-len", "16",
-                         "--optimization", optimization)
+    code, doc = profile_json(capsys, out, "--runs", "3", "--warmup", "1", "--seq-len", "16",
+                             "--optimization", optimization)
+    doc = doc["files"]["model.onnx"]
     assert code == 0 and doc["total_ms"] > 0
     assert sum(m["self_ms"] for m in doc["modules"]) == pytest.approx(doc["total_ms"], rel=1e-6)
     rows = {m["module_path"]: m for m in doc["modules"]}
@@ -37,7 +45,8 @@ def test_profile_by_module_adds_up(tiny_bert_export, capsys, optimization):
 def test_profile_depth_trace_and_inputs(tiny_bert_export, tmp_path, capsys):
     out, _ = tiny_bert_export
     trace = tmp_path / "trace.json"
-    code, doc = run_json(capsys, "profile", out, "--runs", "2", "--depth", "2", "--trace", trace)
+    code, doc = profile_json(capsys, out, "--runs", "2", "--depth", "2", "--trace", trace)
+    doc = doc["files"]["model.onnx"]
     assert code == 0
     assert all(m["module_path"] is None or m["module_path"].count(".") <= 1 for m in doc["modules"])
     speedscope = json.loads(trace.read_text())
@@ -47,12 +56,13 @@ def test_profile_depth_trace_and_inputs(tiny_bert_export, tmp_path, capsys):
     assert "bert.encoder" in names and "op:MatMul" in names  # stacks folded at --depth 2 too
     np.savez(tmp_path / "in.npz", input_ids=np.ones((2, 5), np.int64), attention_mask=np.ones((2, 5), np.int64),
              token_type_ids=np.zeros((2, 5), np.int64))
-    code, doc = run_json(capsys, "profile", out, "--runs", "2", "--inputs", tmp_path / "in.npz")
-    assert code == 0 and doc["total_ms"] > 0
+    code, doc = profile_json(capsys, out, "--runs", "2", "--inputs", tmp_path / "in.npz")
+    assert code == 0 and doc["files"]["model.onnx"]["total_ms"] > 0
 
 
 def test_profile_multi_file_folder(t5_export, capsys):
-    code, doc = run_json(capsys, "profile", t5_export, "--runs", "1", "--warmup", "0", "--seq-len", "4")
+    code, doc = profile_json(capsys, t5_export, "--runs", "1", "--warmup", "0", "--seq-len", "4")
+    doc = doc["files"]
     assert code == 0 and "encoder_model.onnx" in doc and "decoder_model_merged.onnx" in doc
     assert all(sum(m["self_ms"] for m in f["modules"]) == pytest.approx(f["total_ms"]) for f in doc.values())
 

@@ -36,9 +36,9 @@ def run(args) -> int:
 
         sys.stdout.write(csv_text(analyses, args.depth, args.pattern))
     else:
-        from rich.console import Console
 
+        from modelexport.cli.console import stdout_console
         from modelexport.inspect.render import print_tree
 
-        print_tree(analyses, args.depth, args.pattern, Console())
+        print_tree(analyses, args.depth, args.pattern, stdout_console())
     return 0

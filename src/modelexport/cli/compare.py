@@ -44,13 +44,13 @@ def run(args) -> int:
 
 
 def _print(comparisons, unmatched, show_all: bool) -> None:
-    from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
+
+    from modelexport.cli.console import stdout_console, table as new_table
 
     from modelexport.inspect.render import human_count, safe_text
 
-    console = Console()
+    console = stdout_console()
     for c in comparisons:
         changed = c.changed
         console.print(f"[bold]{escape(safe_text(c.name_a))}[/] vs [bold]{escape(safe_text(c.name_b))}[/]: "
@@ -60,14 +60,13 @@ def _print(comparisons, unmatched, show_all: bool) -> None:
         rows = c.modules if show_all else changed
         if not rows:
             continue
-        table = Table()
-        for col in ("module", "nodes A", "nodes B", "Δ", "params Δ", "ops added (B)", "ops removed (B)"):
-            table.add_column(col, justify="left" if col.startswith(("module", "ops")) else "right")
+        table = new_table("module", "nodes A", "nodes B", "Δ", "params Δ", "ops added (B)", "ops removed (B)",
+                          right=("nodes A", "nodes B", "Δ", "params Δ"))
         for m in rows:
-            name = m.module_path or "(root)"
+            name = escape(safe_text(m.module_path or "(root)"))
             if m.only_in:
                 name += f" [dim](only in {m.only_in.upper()})[/]"
-            table.add_row(escape(safe_text(name)), str(m.nodes[0]), str(m.nodes[1]), f"{m.nodes[1] - m.nodes[0]:+d}",
+            table.add_row(name, str(m.nodes[0]), str(m.nodes[1]), f"{m.nodes[1] - m.nodes[0]:+d}",
                           f"{m.parameters[1] - m.parameters[0]:+d}",
                           escape(", ".join(f"{op}+{n}" for op, n in m.ops_added.items())),
                           escape(", ".join(f"{op}−{n}" for op, n in m.ops_removed.items())))

@@ -76,25 +76,28 @@ def summary_dict(result) -> dict:
 
 
 def print_summary(result) -> None:
-    from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
-    console = Console()
-    table = Table(title=f"Exported to {escape(str(result.output))}  (task {result.task}, opset {result.opset})")
-    for col in ("file", "nodes", "direct", "inferred", "root fallback", "max |ONNX−PyTorch|"):
-        table.add_column(col, justify="right" if col != "file" else "left")
+    from modelexport.cli.console import stdout_console, table as new_table
+
+    console = stdout_console()
+    table = new_table("file", "nodes", "direct", "inferred", "partial", "root fallback", "max |ONNX−PyTorch|",
+                      title=f"Exported to {escape(str(result.output))}  (task {result.task}, opset {result.opset})",
+                      right=("nodes", "direct", "inferred", "partial", "root fallback", "max |ONNX−PyTorch|"))
     for f in result.files:
         c = f.coverage
         if f.validation is None:
             diff = "not validated"
         else:
-            mark = "[green]ok[/]" if f.validation["passed"] else f"[red]above atol {f.validation['atol']:g}[/]"
+            v = f.validation
+            mark = ("[green]ok[/]" if v["passed"] else "[red]NaN/Inf[/]" if v.get("nonfinite")
+                    else "[red]shape mismatch[/]" if v.get("shape_mismatches") else f"[red]above atol {v['atol']:g}[/]")
             diff = f"{f.validation['max_abs_diff']:.2e} {mark}"
-        table.add_row(escape(f.name), str(f.nodes), str(c["direct"]), str(c["inferred"]), str(c["root_fallback"]),
+        table.add_row(escape(f.name), str(f.nodes), str(c["direct"]), str(c["inferred"]),
+                      str(c.get("partial_scope", 0)), str(c["root_fallback"]),
                       diff)
     console.print(table)
-    written = [name for a in result.artifacts if a["status"] == "written" for name in a["files"]]
+    written = list(dict.fromkeys(name for a in result.artifacts if a["status"] == "written" for name in a["files"]))
     skipped = [a["kind"] for a in result.artifacts if a["status"] == "skipped"]
     console.print(f"Also written: {escape(', '.join(written))}, modelexport_metadata.json")
     if skipped:
@@ -102,6 +105,6 @@ def print_summary(result) -> None:
     above = [f.name for f in result.files if f.validation and not f.validation["passed"]]
     if above:
         # As Optimum does, a difference above its tolerance is a warning, not a failed export.
-        console.print(f"[yellow]Warning:[/] {escape(', '.join(above))} differ from PyTorch by more than Optimum's "
-                      "tolerance for this model; see modelexport_metadata.json for each output")
+        console.print(f"[yellow]Warning:[/] {escape(', '.join(above))} differ from PyTorch (beyond Optimum's "
+                      "tolerance, NaN/Inf or shapes); see modelexport_metadata.json for each output")
     console.print(f"Done in {result.timings.get('total', 0):.1f} s")

@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        return args.run(args) or 0
+        code = args.run(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here when the output was buffered
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except ModelExportError as e:
         if args.debug:
             traceback.print_exc()
@@ -66,36 +70,59 @@ def main(argv: list[str] | None = None) -> int:
         print("modelexport: terminated; nothing was written and existing files were left as they were",
               file=sys.stderr)
         return 143
-    except Exception as e:  # an unexpected failure: still one line unless --debug
+    except Exception as e:
+        from modelexport.errors import disk_error_message
+
+        if _is_closed_pipe(e):
+            return _closed_pipe()
+        disk = disk_error_message(e)
+        if disk:  # a full or read-only disk is the user's to fix, not a bug
+            print(f"modelexport: error: {disk}", file=sys.stderr)
+            return 1
         if args.debug:
             traceback.print_exc()
-        print(f"modelexport: error: {describe_failure(e)}", file=sys.stderr)
-        return 1
+        print(f"modelexport: internal error: {describe_failure(e)}", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+# A bug of ours or of a library below us, not a refused input: tests and scripts can tell them apart.
+INTERNAL_ERROR = 2
+
+
+def _is_closed_pipe(e: BaseException) -> bool:
+    seen: BaseException | None = e
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, BrokenPipeError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (``| head``): a normal end. Point stdout at /dev/null so
+    the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests capture it)
+        pass
+    return 0
 
 
 def describe_failure(e: BaseException) -> str:
-    """One line for an unexpected exception: a disk problem anywhere in the chain is named as such."""
-    from modelexport.errors import disk_error_message
-
-    disk = disk_error_message(e)
-    if disk:
-        return disk
+    """One line for an unexpected exception: its type and first line, and how to see more."""
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-    return f"{type(e).__name__}: {first} (run with --debug for the traceback)"
+    return f"{type(e).__name__}: {first} (this is a bug; run with --debug for the traceback)"
 
 
 def quiet_libraries() -> None:
     """The libraries below us are chatty (tracer warnings, Optimum's info logs): keep the
     terminal for our own progress and summary unless --debug."""
-    import logging
-    import warnings
+    from modelexport.quiet import silence_process
 
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # huggingface_hub resets its logger level on import
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
-    for name in ("transformers", "optimum", "torch", "sentence_transformers", "huggingface_hub", "urllib3", "root"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    silence_process()
 
 
 if __name__ == "__main__":

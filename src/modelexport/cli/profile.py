@@ -11,7 +11,7 @@ def register(sub) -> None:
     shared.add_path(p)
     p.add_argument("--runs", type=int, default=10, help="profiled runs (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="runs before profiling counts (default 3)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the dummy inputs")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the dummy inputs (default 1)")
     p.add_argument("--seq-len", type=int, default=None,
                    help="sequence length of the dummy inputs (default 128, or the model's maximum if smaller)")
     p.add_argument("--inputs", default=None, help="an .npz file of inputs by name, instead of dummy inputs")
@@ -69,8 +69,9 @@ def run(args) -> int:
     if args.trace:
         Path(args.trace).write_text(json.dumps(speedscope(profiles)), encoding="utf-8")
     if args.format == "json":
-        docs = {p.file: p.as_dict() for p in profiles}
-        print(json.dumps(docs[profiles[0].file] if len(profiles) == 1 else docs, indent=2))
+        # One shape whatever the number of files: {"files": {FILE: profile}}.
+        print(json.dumps({"schema": "modelexport.profile", "schema_version": 2, "path": str(target.path),
+                          "files": {p.file: p.as_dict() for p in profiles}}, indent=2))
     elif args.format == "csv":
         import csv
         import sys
@@ -93,13 +94,14 @@ def run(args) -> int:
 
 
 def _print(profiles) -> None:
-    from rich.console import Console
     from rich.markup import escape
+
+    from modelexport.cli.console import stdout_console
     from rich.tree import Tree
 
     from modelexport.inspect.render import safe_text
 
-    console = Console()
+    console = stdout_console()
     for p in profiles:
         d = p.as_dict()
         total = d["total_ms"] or 1e-9

@@ -29,20 +29,18 @@ def run(args) -> int:
         print(json.dumps({"schema": "modelexport.validation", "schema_version": 1, "path": str(target.path),
                           "passed": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
     else:
-        from rich.console import Console
         from rich.markup import escape
-        from rich.table import Table
+
+        from modelexport.cli.console import stdout_console, table as new_table
 
         from modelexport.inspect.render import safe_text
 
-        table = Table(title=f"validate {escape(safe_text(str(target.path)))}")
-        for col in ("check", "file", "result", "detail"):
-            table.add_column(col)
+        table = new_table("check", "file", "result", "detail", title=f"validate {escape(safe_text(str(target.path)))}")
         style = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "skip": "[dim]skip[/]"}
         for c in checks:
             table.add_row(escape(c.name), escape(safe_text(c.file or "")), style[c.status],
-                          escape(safe_text(c.detail, 300)))
-        Console().print(table)
+                          escape(safe_text(c.detail)))
+        stdout_console().print(table)
         print(f"{len(checks) - len(failed)} passed, {len(failed)} failed" if failed else
               f"all {len(checks)} checks passed" if not any(c.status == "skip" for c in checks) else
               f"{sum(c.status == 'pass' for c in checks)} passed, 0 failed, "

@@ -46,10 +46,20 @@ def _skip(kind: str, reason: str, records: list[ArtifactRecord]) -> None:
     records.append(ArtifactRecord(kind, "skipped", reason=_first_line(reason)[:300]))
 
 
-def _absent(e: Exception) -> str:
+_WHAT = {"tokenizer": "tokenizer files", "image_processor": "image processor (preprocessor_config.json)",
+         "feature_extractor": "feature extractor (preprocessor_config.json)",
+         "processor": "processor", "generation_config": "generation_config.json"}
+
+
+def _absent(kind: str, e: Exception, source_path: str) -> str:
+    """Why a preprocessor was not written, in words. transformers answers "not there" with an
+    OSError whose text is a Hub URL built from the local path: that is noise to a user."""
+    where = "the folder" if Path(source_path).is_dir() else "the model"
     if isinstance(e, ImportError):
-        return f"could not be loaded: {_first_line(str(e))}"
-    return f"none found ({type(e).__name__}: {_first_line(str(e))})"
+        return f"{where} has a {kind.replace('_', ' ')} that needs a missing package: {_first_line(str(e))}"
+    if isinstance(e, OSError) or "does not appear to have" in str(e) or "Unrecognized" in str(e):
+        return f"{where} has no {_WHAT[kind]}"
+    return f"{where} has no usable {_WHAT[kind]} ({type(e).__name__}: {_first_line(str(e))})"
 
 
 def write_artifacts(source_path: str | None, config, output_dir: Path, trust_remote_code: bool = False,
@@ -77,10 +87,17 @@ def write_artifacts(source_path: str | None, config, output_dir: Path, trust_rem
             ("image_processor", AutoImageProcessor),
             ("feature_extractor", AutoFeatureExtractor),
         ):
+            if kind == "feature_extractor" and any(r.kind == "image_processor" and r.status == "written"
+                                                   for r in records):
+                # For vision models AutoFeatureExtractor returns the deprecated *FeatureExtractor
+                # alias of the image processor and would overwrite its preprocessor_config.json
+                # with that class name (transformers 5 removes those aliases).
+                _skip(kind, "the image processor already written is this model's preprocessor", records)
+                continue
             try:
                 obj = loader.from_pretrained(source_path, trust_remote_code=trust_remote_code)
             except _ABSENT as e:
-                _skip(kind, _absent(e), records)
+                _skip(kind, _absent(kind, e, source_path), records)
                 continue
             loaded.append(type(obj))
             _save(kind, obj, output_dir, records)
@@ -94,7 +111,7 @@ def write_artifacts(source_path: str | None, config, output_dir: Path, trust_rem
             try:
                 processor = AutoProcessor.from_pretrained(source_path, trust_remote_code=trust_remote_code)
             except _ABSENT as e:
-                _skip("processor", _absent(e), records)
+                _skip("processor", _absent("processor", e, source_path), records)
             else:
                 if isinstance(processor, PreTrainedTokenizerBase) or type(processor) in loaded:
                     _skip("processor", f"same as the {type(processor).__name__} already written", records)
@@ -105,7 +122,7 @@ def write_artifacts(source_path: str | None, config, output_dir: Path, trust_rem
         try:
             generation_config = GenerationConfig.from_pretrained(source_path)
         except _ABSENT as e:
-            _skip("generation_config", _absent(e), records)
+            _skip("generation_config", _absent("generation_config", e, source_path), records)
     if generation_config is not None:
         _save("generation_config", generation_config, output_dir, records)
     elif source_path is None:

@@ -18,11 +18,21 @@ def export_module(
     output_names: list[str] | None = None,
     dynamic_axes: dict | None = None,
     opset: int | None = None,
+    verbose: bool = False,
 ) -> ExportResult:
     """Trace ``module(*args)`` with torch.onnx (TorchScript, as Optimum does) and tag every node.
 
-    The file appears at ``path`` only once it is complete and tagged.
+    The file appears at ``path`` only once it is complete and tagged. torch's tracer warnings
+    are silenced unless ``verbose``.
     """
+    from modelexport.quiet import silenced
+
+    with silenced(not verbose):
+        return _export_module(module, args, path, input_names=input_names, output_names=output_names,
+                              dynamic_axes=dynamic_axes, opset=opset)
+
+
+def _export_module(module, args, path, *, input_names, output_names, dynamic_axes, opset) -> ExportResult:
     import torch
 
     from modelexport.hierarchy.module_tree import ModuleTree

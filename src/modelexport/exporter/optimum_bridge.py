@@ -109,8 +109,10 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
     if static_shapes:
         from modelexport.exporter.static_shapes import infer_static_shapes
 
+        config = getattr(model, "config", None)
+        config_dict = config.to_dict() if hasattr(config, "to_dict") else None
         for f in files:
-            infer_static_shapes(output_dir / f.name)
+            infer_static_shapes(output_dir / f.name, config_dict)
     return OptimumExport(files, validations)
 
 

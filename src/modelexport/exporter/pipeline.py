@@ -20,16 +20,29 @@ def export(
     validate: bool = True,
     static_shapes: dict[str, int] | str | None = None,
     reporter: PhaseReporter | None = None,
+    verbose: bool = False,
 ) -> ExportResult:
     """Export ``model`` (Hub id, local folder or loaded ``PreTrainedModel``) into ``output_dir``.
 
     The folder is written beside ``output_dir`` and moved into place only when complete.
+    The libraries' warnings and logs (tracer warnings, Optimum's notes) are silenced unless
+    ``verbose``.
     """
+    from modelexport.quiet import silenced
+
+    with silenced(not verbose):
+        return _export(model, output_dir, task=task, library=library, opset=opset, force=force,
+                       trust_remote_code=trust_remote_code, validate=validate, static_shapes=static_shapes,
+                       reporter=reporter)
+
+
+def _export(model, output_dir, *, task, library, opset, force, trust_remote_code, validate, static_shapes,
+            reporter) -> ExportResult:
     from modelexport.exporter import artifacts as artifacts_mod
     from modelexport.exporter.metadata import METADATA_FILE, module_table, tool_versions, write_metadata
     from modelexport.exporter.optimum_bridge import check_opset, export_with_optimum
     from modelexport.exporter.ort_class import ort_model_class_name
-    from modelexport.exporter.output_dir import check_output_dir, staged_output_dir
+    from modelexport.exporter.output_dir import check_output_dir, recover_leftovers, staged_output_dir
     from modelexport.exporter.source import (
         load_model,
         prepare_for_task,
@@ -43,6 +56,7 @@ def export(
     started = time.perf_counter()
     phases = Phases(reporter)
     output_dir = Path(output_dir)
+    recover_leftovers(output_dir.resolve())  # an earlier export here that was killed
     check_output_dir(output_dir.resolve(), force)
     check_opset(opset)
     if isinstance(static_shapes, str):
@@ -69,6 +83,12 @@ def export(
         with phases("export", "Exporting with Optimum (torch.onnx trace)"):
             exported = export_with_optimum(loaded, source.task, source.library, staging, opset, static_shapes)
 
+        if source.library == "sentence_transformers":
+            from modelexport.exporter.sentence_transformers_layout import add_last_hidden_state
+
+            for item in exported.files:
+                add_last_hidden_state(staging / item.name)
+
         instance_paths = {id(m): p for p, m in loaded.named_modules()}
         reports: list[FileReport] = []
         node_counts: dict[str, dict[str, int]] = {}
@@ -92,6 +112,13 @@ def export(
                 trust_remote_code=trust_remote_code,
                 generation_config=generation_config if can_generate else None,
             )
+            if source.library == "sentence_transformers" and source.is_local:
+                from modelexport.exporter.sentence_transformers_layout import copy_module_files
+
+                st_files = copy_module_files(Path(source.name_or_path), staging)
+                records.append(artifacts_mod.ArtifactRecord("sentence_transformers", "written" if st_files
+                                                            else "skipped", st_files,
+                                                            "" if st_files else "the folder has no modules.json"))
             static_changes = []
             if static_shapes:
                 from modelexport.exporter.static_shapes import record_in_preprocessors

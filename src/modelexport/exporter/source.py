@@ -114,6 +114,20 @@ def _infer_task_from_config(config, library: str) -> str:
     raise TaskError("cannot infer the task from config.architectures; pass --task")
 
 
+def _blame_library(name_or_path: str, requested: str) -> None:
+    """When ``--library`` was given and the model belongs to another library, that is the problem
+    to report, not the tasks the wrong library would support."""
+    if requested == "auto":
+        return
+    try:
+        actual = _infer_library(name_or_path)
+    except ModelSourceError:
+        return
+    if actual != requested:
+        raise TaskError(f"{name_or_path} is a {actual} model, not a {requested} one; drop --library "
+                        f"(or pass --library {actual})")
+
+
 def resolve_source(model: str, task: str, library: str, trust_remote_code: bool) -> tuple[ModelSource, object]:
     """Check a model id or folder and settle library and task. Returns (source, config)."""
     path = Path(model).expanduser()
@@ -126,13 +140,18 @@ def resolve_source(model: str, task: str, library: str, trust_remote_code: bool)
     config = load_config(name_or_path, trust_remote_code)
     from optimum.exporters.tasks import TasksManager
 
+    requested_library = library
     if library == "auto":
         library = _infer_library(name_or_path)
     elif library not in LIBRARIES:
         raise TaskError(f"unknown library {library!r}; choose one of {', '.join(LIBRARIES)}")
 
     model_type = config.model_type
-    supported = _supported_tasks(_export_model_type(model_type, library), library)
+    try:
+        supported = _supported_tasks(_export_model_type(model_type, library), library)
+    except TaskError:
+        _blame_library(name_or_path, requested_library)
+        raise
     if task == "auto":
         if is_local:
             task = _infer_task_from_config(config, library)
@@ -150,6 +169,7 @@ def resolve_source(model: str, task: str, library: str, trust_remote_code: bool)
     else:
         task = TasksManager.map_from_synonym(task)
     if task not in supported:
+        _blame_library(name_or_path, requested_library)
         raise TaskError(
             f"{model_type} models cannot be exported for task {task!r}; tasks Optimum supports for it: "
             + ", ".join(sorted(supported))

@@ -81,14 +81,21 @@ def record_in_preprocessors(folder: Path, shapes: dict[str, int]) -> list[str]:
     return changed
 
 
-def infer_static_shapes(path: Path) -> None:
-    """Write fixed sizes on every value of the graph, not only its inputs: compilers read
-    value_info. ONNX's own inference leaves shapes computed at run time (the attention-mask
-    Expand of BERT) symbolic; ONNX Runtime's symbolic inference folds them, so it runs first."""
+def infer_static_shapes(path: Path, config: dict | None = None) -> list[str]:
+    """Write fixed sizes on every value of the graph, not only its inputs: compilers and NPU
+    toolchains read value_info and reject a symbolic dimension anywhere.
+
+    ONNX's own inference leaves shapes computed at run time (the attention-mask Expand of BERT)
+    symbolic, so ONNX Runtime's symbolic inference runs first; what it still leaves open
+    (``unk__0``: e.g. a Reshape whose target shape is computed) is measured in one run of the
+    model on inputs of the fixed shapes, which is exact because every input shape is fixed.
+    Returns the names of the values whose shapes were measured.
+    """
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    inferred = None
     if not external:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
@@ -98,19 +105,71 @@ def infer_static_shapes(path: Path) -> None:
             inferred = None
         if inferred is not None:
             onnx.save(inferred, str(path))
-            return
-    onnx.shape_inference.infer_shapes_path(str(path), str(path), data_prop=True)
+    if inferred is None:
+        onnx.shape_inference.infer_shapes_path(str(path), str(path), data_prop=True)
+    return measure_open_shapes(path, config)
+
+
+def _open_values(graph) -> list[str]:
+    """Main-graph values with a symbolic or unknown dimension, or with no shape at all."""
+    known = {}
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        t = value.type.tensor_type if value.type.HasField("tensor_type") else None
+        known[value.name] = t is not None and t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim)
+    initializers = {t.name for t in graph.initializer}
+    names = [v.name for v in graph.input] + [o for n in graph.node for o in n.output if o]
+    return [n for n in dict.fromkeys(names) if n not in initializers and not known.get(n, False)]
+
+
+def measure_open_shapes(path: Path, config: dict | None = None) -> list[str]:
+    """Fill the dimensions symbolic inference left open with those of one ONNX Runtime run."""
+    import onnx
+    import onnxruntime as ort
+
+    from modelexport.runtime.dummy_inputs import make_inputs
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    names = _open_values(graph)
+    if not names:
+        return []
+    graph_outputs = {o.name for o in graph.output}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in graph_outputs)
+    # Beside the original, so external weights resolve by the same relative paths.
+    probe_path = path.with_name(f".{path.stem}.shape-probe.onnx")
+    try:
+        onnx.save(probe, str(probe_path))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 4
+        session = ort.InferenceSession(str(probe_path), options, providers=["CPUExecutionProvider"])
+        values = session.run(names, make_inputs(session, config))
+    finally:
+        probe_path.unlink(missing_ok=True)
+    shapes = {n: v.shape for n, v in zip(names, values) if hasattr(v, "shape")}
+    types = {n: onnx.helper.np_dtype_to_tensor_dtype(v.dtype) for n, v in zip(names, values) if hasattr(v, "dtype")}
+    entries = {v.name: v for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    for name, shape in shapes.items():
+        entry = entries.get(name)
+        if entry is None:
+            entry = graph.value_info.add()
+            entry.name = name
+        tensor = entry.type.tensor_type
+        if not tensor.elem_type:
+            tensor.elem_type = types[name]
+        tensor.shape.ClearField("dim")
+        for size in shape:
+            tensor.shape.dim.add().dim_value = int(size)
+    onnx.save(model, str(path))  # external weights stay where they are: only their references are written
+    return sorted(shapes)
 
 
 def is_fully_static(path: Path) -> list[str]:
-    """Names of graph inputs, outputs and inferred values that still have a symbolic dimension."""
+    """Names of the graph's inputs and node outputs whose shape has a symbolic dimension or is
+    not recorded at all (empty when every value has a fixed shape)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    dynamic = []
-    for value in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-        if value.type.HasField("tensor_type"):
-            dims = value.type.tensor_type.shape.dim
-            if any(not d.HasField("dim_value") for d in dims):
-                dynamic.append(value.name)
-    return dynamic
+    return _open_values(onnx.load(str(path), load_external_data=False).graph)

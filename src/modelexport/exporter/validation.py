@@ -20,10 +20,13 @@ class FileValidation:
     max_abs_diff: float
     outputs: dict[str, float] = field(default_factory=dict)  # output name -> max abs diff
     shape_mismatches: list[str] = field(default_factory=list)
+    # Outputs where ONNX Runtime gave NaN or Inf and PyTorch a finite value: a failure whatever
+    # the finite differences are (max(0.0, nan) is 0.0, so they must be counted apart).
+    nonfinite: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return not self.shape_mismatches and self.max_abs_diff <= self.atol
+        return not self.shape_mismatches and not self.nonfinite and self.max_abs_diff <= self.atol
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -90,10 +93,34 @@ def validate_file(onnx_path: Path, submodel, onnx_config, atol: float | None = N
         if ref.shape != got.shape:
             result.shape_mismatches.append(f"{name}: {got.shape} vs PyTorch {ref.shape}")
             continue
-        diff = float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))) if ref.size else 0.0
+        diff, nonfinite = output_difference(ref, got)
+        if nonfinite:
+            result.nonfinite.append(f"{name}: {nonfinite}")
         result.outputs[name] = diff
         result.max_abs_diff = max(result.max_abs_diff, diff)
     return result
+
+
+def output_difference(ref: np.ndarray, got: np.ndarray) -> tuple[float, str]:
+    """Max |got - ref| over the values both have finite, and what is wrong with the rest.
+
+    A NaN or Inf in ``got`` where ``ref`` is finite is reported (the second item); one where
+    ``ref`` has the same non-finite value is agreement.
+    """
+    if not ref.size:
+        return 0.0, ""
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    finite_ref, finite_got = np.isfinite(ref64), np.isfinite(got64)
+    both = finite_ref & finite_got
+    diff = float(np.max(np.abs(ref64[both] - got64[both]))) if both.any() else 0.0
+    broken = int(np.count_nonzero(finite_ref & ~finite_got))
+    mismatched = int(np.count_nonzero(~finite_ref & ~(np.isnan(ref64) & np.isnan(got64)) & (ref64 != got64)))
+    problems = []
+    if broken:
+        problems.append(f"{broken} NaN/Inf values where PyTorch is finite")
+    if mismatched:
+        problems.append(f"{mismatched} non-finite PyTorch values not matched")
+    return diff, "; ".join(problems)
 
 
 def merge_validations(results: list[tuple[str, FileValidation]]) -> dict:
@@ -105,6 +132,7 @@ def merge_validations(results: list[tuple[str, FileValidation]]) -> dict:
         merged.max_abs_diff = max(merged.max_abs_diff, r.max_abs_diff)
         merged.outputs.update({f"{label}:{k}": v for k, v in r.outputs.items()})
         merged.shape_mismatches.extend(f"{label}:{m}" for m in r.shape_mismatches)
+        merged.nonfinite.extend(f"{label}:{m}" for m in r.nonfinite)
     d = merged.as_dict()
     d["passed"] = all(r.passed for _, r in results)
     d["branches"] = [label for label, _ in results]

@@ -104,8 +104,19 @@ class NodeSplice:
         except BaseException:
             self.close()
             raise
-        # A GraphProto holding only the nodes: what the tagging pass reads and edits.
+        # A GraphProto holding only the nodes: what the tagging pass reads and edits. Nodes
+        # appended to it are written after the existing ones.
         self.graph = onnx.GraphProto.FromString(node_bytes)
+        # Graph outputs to append (e.g. an alias output another loader expects).
+        self.added_outputs: list[onnx.ValueInfoProto] = []
+
+    def graph_outputs(self) -> list[onnx.ValueInfoProto]:
+        """The graph's outputs as written in the file (small messages, parsed on demand)."""
+        if self._mmap is None:
+            raise ValueError("the file is closed")
+        with memoryview(self._mmap) as buf:
+            return [onnx.ValueInfoProto.FromString(bytes(buf[f[3]:f[4]])) for f in self._graph_fields
+                    if f[0] == _GRAPH_OUTPUT_FIELD and f[1] == _LEN]
 
     def write(self, path: Path | None = None) -> None:
         """Write the file with the (edited) nodes in place of the original ones."""
@@ -120,6 +131,8 @@ class NodeSplice:
                 pieces[-1] = (pieces[-1][0], field_end - pieces[-1][0])  # extend a contiguous range
             else:
                 pieces.append((field_start, field_end - field_start))
+        pieces.extend(_length_delimited(_GRAPH_NODE_FIELD, n.SerializeToString()) for n in nodes)
+        pieces.extend(_length_delimited(_GRAPH_OUTPUT_FIELD, v.SerializeToString()) for v in self.added_outputs)
         graph_len = sum(len(p) if isinstance(p, bytes) else p[1] for p in pieces)
         graph_key = _encode_varint((_MODEL_GRAPH_FIELD << 3) | _LEN) + _encode_varint(graph_len)
         pieces = [(0, self._graph_field_start), graph_key, *pieces, (self._graph_end, self._size - self._graph_end)]

@@ -33,10 +33,10 @@ def iter_nodes(graph: onnx.GraphProto, graph_path: str = "") -> Iterator[tuple[o
         yield node, graph_path
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_nodes(attr.g, f"{graph_path}{node.name}/{attr.name}/")
+                yield from iter_nodes(attr.g, f"{graph_path}{text(node.name)}/{text(attr.name)}/")
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for i, sub in enumerate(attr.graphs):
-                    yield from iter_nodes(sub, f"{graph_path}{node.name}/{attr.name}.{i}/")
+                    yield from iter_nodes(sub, f"{graph_path}{text(node.name)}/{text(attr.name)}.{i}/")
 
 
 def write_tag(node: onnx.NodeProto, module_path: str, hierarchy_tag: str, namespace: str | None = None) -> None:
@@ -66,10 +66,17 @@ def namespace_for(root_class: str, module_path: str) -> str:
     return "/".join(parts)
 
 
+def text(value) -> str:
+    """A string field as ``str``. ONNX's string fields are proto2 (no UTF-8 check on parse): for a
+    file whose bytes are not valid UTF-8 there, protobuf hands back ``bytes``."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
 def node_tag(node: onnx.NodeProto, graph_path: str = "") -> NodeTag:
-    props = {p.key: p.value for p in node.metadata_props}
+    props = {text(p.key): text(p.value) for p in node.metadata_props}
     return NodeTag(
-        node.name, node.op_type, props.get(MODULE_PATH_KEY), props.get(HIERARCHY_TAG_KEY), graph_path.rstrip("/")
+        text(node.name), text(node.op_type), props.get(MODULE_PATH_KEY), props.get(HIERARCHY_TAG_KEY),
+        text(graph_path).rstrip("/")
     )
 
 

@@ -128,7 +128,7 @@ def analyze_model(name: str, model, module_info: dict[str, dict] | None = None) 
         untagged += tag.module_path is None
         stats = module(path)
         stats.nodes_own += 1
-        stats.ops_own[node.op_type] += 1
+        stats.ops_own[tag.op_type] += 1
         if tag.hierarchy_tag and not stats.hierarchy_tag:
             stats.hierarchy_tag = tag.hierarchy_tag
             stats.class_name = stats.class_name or tag.hierarchy_tag.rsplit("/", 1)[-1].split(".")[0]

@@ -21,10 +21,10 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def safe_text(text: str, limit: int = 200) -> str:
-    """One printable line: control characters shown as escapes, very long names cut."""
-    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def safe_text(text: str) -> str:
+    """One printable line: control characters shown as escapes. Never shortened: a cut name
+    cannot be searched for or passed back to ``--module``."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
 
 
 def module_label(stats, analysis: FileAnalysis) -> str:
@@ -35,7 +35,7 @@ def module_label(stats, analysis: FileAnalysis) -> str:
         name = ".".join(stats.path.rsplit(".", 2)[-2:])  # "layer.1" reads better than "1"
     cls = f" [cyan]{escape(safe_text(stats.class_name))}[/]" if stats.class_name else ""
     share = 100.0 * stats.nodes_total / analysis.nodes if analysis.nodes else 0.0
-    ops = ", ".join(f"{escape(safe_text(op, 40))}×{n}" for op, n in stats.ops_total.most_common(3))
+    ops = ", ".join(f"{escape(safe_text(op))}×{n}" for op, n in stats.ops_total.most_common(3))
     params = f"  params {human_count(stats.params_total)} ({human_bytes(stats.bytes_total)})" if stats.params_total else ""
     return (f"[bold]{escape(safe_text(name))}[/]{cls}  nodes {stats.nodes_own}/{stats.nodes_total} "
             f"[dim]({share:.1f}%)[/]{params}  [dim]{ops}[/]")

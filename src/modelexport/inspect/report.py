@@ -11,7 +11,7 @@ _MD_SPECIAL = "\\`*_[]<>|"  # what changes meaning inside a table cell
 
 def md(text) -> str:
     """Escape text for a Markdown table cell or line (names come from models we did not write)."""
-    text = safe_text(str(text), limit=300)
+    text = safe_text(str(text))
     return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in text).replace("&", "&amp;")
 
 

@@ -29,6 +29,10 @@ class StaticShapePipeline:
         if not self.shapes:
             raise ModelExportError(f"{folder} was not exported with --static-shapes; use its ORTModel class directly")
         self.task = meta["task"]
+        if self.task not in _TEXT_TASKS and not self.task.startswith(("image", "audio")) \
+                and self.task != "automatic-speech-recognition":
+            raise ModelExportError(f"load_pipeline does not handle task {self.task!r}: it runs classifiers, "
+                                   "token/QA/fill-mask heads and embedding models (feature-extraction)")
         self.batch_size = self.shapes.get("batch_size", 1)
         self.model = getattr(ortm, meta["ort_model_class"]).from_pretrained(self.folder)
         self.config = self.model.config
@@ -64,8 +68,7 @@ class StaticShapePipeline:
         return {k: v for k, v in features.items() if k in self.model.input_names}
 
     def preprocess(self, inputs, sampling_rate: int = 16000) -> dict:
-        if self.task in ("text-classification", "token-classification", "fill-mask", "question-answering",
-                         "feature-extraction", "multiple-choice"):
+        if self.task in _TEXT_TASKS:
             return self._text(list(inputs))
         if self.task.startswith("image"):
             return self._images(list(inputs))
@@ -90,14 +93,43 @@ class StaticShapePipeline:
             real = next(iter(chunk.values())).shape[0]
             if real < bs:  # the last batch: fill with copies of its first row, dropped below
                 chunk = {k: np.concatenate([v, np.repeat(v[:1], bs - real, axis=0)]) for k, v in chunk.items()}
-            logits = np.asarray(self.model(**chunk).logits)[:real]
-            for row in logits:
-                entry = {"logits": row}
-                id2label = getattr(self.config, "id2label", None)
-                if row.ndim == 1 and id2label:
-                    entry["label"] = id2label.get(int(row.argmax()), str(int(row.argmax())))
-                results.append(entry)
+            output = self.model(**chunk)
+            if getattr(output, "logits", None) is not None:
+                for row in np.asarray(output.logits)[:real]:
+                    entry = {"logits": row}
+                    id2label = getattr(self.config, "id2label", None)
+                    if row.ndim == 1 and id2label:
+                        entry["label"] = id2label.get(int(row.argmax()), str(int(row.argmax())))
+                    results.append(entry)
+            else:
+                results.extend(_embeddings(output, chunk.get("attention_mask"), real))
         return results
+
+
+_TEXT_TASKS = ("text-classification", "token-classification", "fill-mask", "question-answering",
+               "feature-extraction", "multiple-choice")
+
+
+def _embeddings(output, attention_mask, real: int) -> list[dict]:
+    """Embedding models: a sentence-transformers export has its pooled ``sentence_embedding``;
+    a plain encoder's ``last_hidden_state`` is mean-pooled over the real (unpadded) tokens, the
+    pooling that does not depend on the padding the fixed shape forced."""
+    sentence = output.get("sentence_embedding") if hasattr(output, "get") else None
+    hidden = output.get("last_hidden_state", output.get("token_embeddings")) if hasattr(output, "get") else None
+    rows = []
+    for i in range(real):
+        entry = {}
+        if hidden is not None:
+            h = np.asarray(hidden)[i]
+            mask = np.asarray(attention_mask)[i].astype(h.dtype)[:, None] if attention_mask is not None else None
+            entry["last_hidden_state"] = h if mask is None else h[: int(mask.sum())]
+            entry["embedding"] = h.mean(0) if mask is None else (h * mask).sum(0) / max(float(mask.sum()), 1.0)
+        if sentence is not None:
+            entry["embedding"] = np.asarray(sentence)[i]
+        if not entry:
+            raise ModelExportError("the model returned neither logits nor embeddings")
+        rows.append(entry)
+    return rows
 
 
 def load_pipeline(folder) -> StaticShapePipeline:

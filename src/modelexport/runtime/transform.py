@@ -90,6 +90,7 @@ def optimize_folder(src, out, level: str = "O2", force: bool = False) -> Transfo
     from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
 
     from modelexport.exporter.output_dir import staged_output_dir
+    from modelexport.quiet import stdout_swallowed
 
     src, out = Path(src), Path(out)
     names = _onnx_names(src)
@@ -98,7 +99,8 @@ def optimize_folder(src, out, level: str = "O2", force: bool = False) -> Transfo
         try:
             optimizer = ORTOptimizer.from_pretrained(src, file_names=names)
             config = AutoOptimizationConfig.with_optimization_level(optimization_level=level)
-            optimizer.optimize(save_dir=staging, optimization_config=config, file_suffix="")
+            with stdout_swallowed():  # onnxruntime.transformers prints its shape-inference failures
+                optimizer.optimize(save_dir=staging, optimization_config=config, file_suffix="")
         except (ValueError, KeyError, NotImplementedError) as e:
             raise ModelExportError(f"Optimum's optimizer cannot optimize {src}: {str(e).splitlines()[0][:300]}") from e
         _copy_side_files(src, staging)
