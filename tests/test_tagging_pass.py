@@ -80,3 +80,124 @@ def test_retagging_replaces_not_duplicates():
     TaggingPass(tree)(model)
     keys = [p.key for p in model.graph.node[0].metadata_props]
     assert sorted(keys) == ["hierarchy_tag", "module_path", "namespace", "other"]
+
+
+# -- ambiguity is settled by evidence or reported, never picked silently (issue 12) ------------
+class Out(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(2)
+
+
+class Layer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.output = Out()
+
+
+class Encoder(torch.nn.Module):
+    """Like SqueezeBERT: its forward loops over `layers` in a way the trace does not scope, so
+    node names skip the `layers.N` level: `/encoder/output/norm_1/...` is layer 1's norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([Layer(), Layer()])
+
+
+class Skipping(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = Encoder()
+
+
+def _ln(scope, x, y, weight_owner):
+    return helper.make_node("LayerNormalization", [x, f"{weight_owner}.weight", f"{weight_owner}.bias"], [y],
+                            name=f"/{scope}/LayerNormalization")
+
+
+def test_skipped_level_is_settled_by_the_parameters_read():
+    tree = ModuleTree.from_module(Skipping())
+    model = _graph([
+        _ln("encoder/output/norm", "x", "a", "encoder.layers.0.output.norm"),
+        helper.make_node("Relu", ["a"], ["b"], name="/encoder/output/norm/Relu"),  # same scope, no parameter
+        _ln("encoder/output/norm_1", "b", "c", "encoder.layers.1.output.norm"),
+        helper.make_node("Neg", ["c"], ["y"], name="/encoder/output/norm_1/Neg"),
+    ])
+    result = TaggingPass(tree)(model)
+    tags = {t.node_name: t.module_path for t in read_tags(model)}
+    assert tags == {"/encoder/output/norm/LayerNormalization": "encoder.layers.0.output.norm",
+                    "/encoder/output/norm/Relu": "encoder.layers.0.output.norm",
+                    "/encoder/output/norm_1/LayerNormalization": "encoder.layers.1.output.norm",
+                    "/encoder/output/norm_1/Neg": "encoder.layers.1.output.norm"}
+    assert result.coverage.by_parameters == 4 and result.coverage.partial_scope == 0
+
+
+def test_skipped_level_without_evidence_is_partial_not_the_first_candidate():
+    tree = ModuleTree.from_module(Skipping())
+    model = _graph([helper.make_node("Relu", ["x"], ["y"], name="/encoder/output/norm/Relu")])
+    result = TaggingPass(tree)(model)
+    # layers.0 and layers.1 fit equally: their common ancestor, counted as partial
+    assert read_tags(model)[0].module_path == "encoder"
+    assert (result.coverage.direct, result.coverage.partial_scope, result.coverage.by_parameters) == (1, 1, 0)
+
+
+def test_skipped_level_settled_by_neighbours():
+    tree = ModuleTree.from_module(Skipping())
+    model = _graph([
+        _ln("encoder/output/norm_1", "x", "a", "encoder.layers.1.output.norm"),
+        # the parent's node right after its child: the neighbour is in layers.1, so is this
+        helper.make_node("Relu", ["a"], ["y"], name="/encoder/output_1/Relu"),
+    ])
+    result = TaggingPass(tree)(model)
+    assert read_tags(model)[1].module_path == "encoder.layers.1.output"
+    assert (result.coverage.by_neighbours, result.coverage.partial_scope) == (1, 0)
+
+
+class EncDec(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = torch.nn.ModuleDict({"proj": torch.nn.Linear(2, 2)})
+        self.dec = torch.nn.ModuleDict({"norm": torch.nn.LayerNorm(2)})
+
+
+def test_a_scope_never_resolves_outside_the_traced_root():
+    tree = ModuleTree.from_module(EncDec())
+    model = _graph([helper.make_node("Relu", ["x"], ["y"], name="/norm/Relu")])  # an encoder-rooted file
+    result = TaggingPass(tree, "enc")(model)
+    assert read_tags(model)[0].module_path == "enc"  # not dec.norm
+    assert result.coverage.partial_scope == 1
+    model = _graph([helper.make_node("Relu", ["x"], ["y"], name="/norm/Relu")])
+    TaggingPass(tree, "")(model)  # from the whole model the one `norm` is fine
+    assert read_tags(model)[0].module_path == "dec.norm"
+
+
+class Twins(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2)
+        self.fc_1 = torch.nn.Linear(2, 2)
+
+
+def test_second_call_suffix_versus_a_real_module_of_that_name():
+    tree = ModuleTree.from_module(Twins())
+    model = _graph([
+        helper.make_node("Add", ["x", "fc.bias"], ["a"], name="/fc/Add"),
+        helper.make_node("Add", ["a", "fc.bias"], ["y"], name="/fc_1/Add"),  # fc called again
+    ])
+    TaggingPass(tree)(model)
+    tags = [t.module_path for t in read_tags(model)]
+    assert tags[:2] == ["fc", "fc"]  # the scope fc_1 read fc's bias: the second call of fc, not fc_1
+    model = _graph([helper.make_node("Add", ["x", "fc_1.bias"], ["y"], name="/fc_1/Add")])
+    TaggingPass(tree)(model)
+    assert read_tags(model)[0].module_path == "fc_1"  # the real fc_1, called: its bias is read
+    model = _graph([helper.make_node("Relu", ["x"], ["y"], name="/fc_1/Relu")])
+    result = TaggingPass(tree)(model)
+    assert read_tags(model)[0].module_path == "" and result.coverage.partial_scope == 1  # no evidence either way
+
+
+def test_deduplicated_parameter_identity_belongs_to_the_parameter_it_outputs():
+    tree = ModuleTree.from_module(Twins())
+    model = _graph([helper.make_node("Identity", ["fc.weight"], ["fc_1.weight"], name="Identity_3"),
+                    helper.make_node("Add", ["x", "fc_1.weight"], ["y"], name="/fc_1/Add")])
+    result = TaggingPass(tree)(model)
+    assert read_tags(model)[0].module_path == "fc_1" and result.coverage.direct == 2

@@ -26,10 +26,13 @@ def run(args) -> int:
     from modelexport.inspect.loading import load_target
 
     target = load_target(args.path)
-    files = [f for f in target.files if not args.file or f.name == args.file]
-    if len(files) != 1:
-        raise ModelExportError(f"{args.path} holds {len(target.files)} ONNX files; pick one with --file "
-                               f"({', '.join(f.name for f in target.files)})")
+    if args.file:
+        files = [f for f in target.files if f.name == args.file]
+        if not files:
+            raise ModelExportError(f"{args.path} has no ONNX file {args.file!r} "
+                                   f"({', '.join(f.name for f in target.files)})")
+    else:
+        files = _files_holding(target.files, args.module)
     f = files[0]
     model = f.model
     onnx.load_external_data_for_model(model, str(Path(f.path).parent))
@@ -42,3 +45,23 @@ def run(args) -> int:
     print(f"wrote {out}: {len(result.model.graph.node)} nodes of {args.module!r}; inputs "
           f"{', '.join(result.inputs)}; outputs {', '.join(result.outputs)}")
     return 0
+
+
+def _files_holding(files, module: str):
+    """The one file whose main graph holds the module's nodes, or an error that says where they are."""
+    from modelexport.errors import ModelExportError
+    from modelexport.hierarchy.selection import select_modules
+
+    if len(files) == 1:
+        return files
+    pattern = module.replace("[", "[[]").replace("*", "[*]").replace("?", "[?]")  # a path, not a glob
+    selection = select_modules({f.name: f.model for f in files}, [pattern], what="--module")
+    per_file = selection.nodes[pattern]
+    nested = selection.in_subgraphs[pattern]
+    main = [f for f in files if len(per_file.get(f.name, ())) > nested.get(f.name, 0)]
+    if len(main) == 1:
+        return main
+    if not main:
+        raise ModelExportError(f"the nodes of {module!r} are inside If branches of "
+                               f"{', '.join(per_file)}; extraction works on a main graph: pick a file with --file")
+    raise ModelExportError(f"{module!r} has nodes in {', '.join(f.name for f in main)}; pick one with --file")

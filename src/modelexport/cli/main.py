@@ -23,8 +23,16 @@ VERBS = (export_verb, analyze_verb, validate_verb, compare_verb, report_verb, gr
          profile_verb, extract_verb, transform_verbs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is a user error: one line and exit 1 (argparse's own exit 2 is ours for
+    internal errors)."""
+
+    def error(self, message: str):
+        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="modelexport",
         description="Export Hugging Face / PyTorch models to ONNX with every node tagged by its PyTorch module.",
     )

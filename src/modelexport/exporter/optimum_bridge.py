@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelexport.errors import ModelExportError, disk_error_message
+from modelexport.exporter.optimum_compat import (
+    no_preprocessor_reload,
+    submodels_and_onnx_configs,
+    torchscript_opset_range,
+)
 
 
 @dataclass
@@ -35,27 +40,6 @@ class OptimumExport:
     validations: list[ValidationTarget]
 
 
-def _submodels_and_configs(model, task: str, library: str):
-    from optimum.exporters.onnx.utils import _get_submodels_and_onnx_configs
-    from optimum.exporters.tasks import TasksManager
-
-    model_type = getattr(model.config, "export_model_type", None) or model.config.model_type
-    custom = library == "transformers" and model_type not in TasksManager._SUPPORTED_MODEL_TYPE
-    return _get_submodels_and_onnx_configs(
-        model=model,
-        task=task,
-        monolith=False,
-        custom_onnx_configs={},
-        custom_architecture=custom,
-        float_dtype="fp32",
-        fn_get_submodels=None,
-        preprocessors=None,
-        _variant="default",
-        library_name=library,
-        model_kwargs=None,
-    )
-
-
 def export_with_optimum(model, task: str, library: str, output_dir: Path, opset: int | None,
                         static_shapes: dict[str, int] | None = None) -> OptimumExport:
     """Run Optimum's export and post-processing into ``output_dir``; list what it wrote."""
@@ -63,18 +47,13 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
 
     from modelexport.hierarchy.node_splice import graph_output_names
 
-    main_config, models_and_configs = _submodels_and_configs(model, task, library)
+    main_config, models_and_configs = submodels_and_onnx_configs(model, task, library)
     default = getattr(main_config, "DEFAULT_ONNX_OPSET", None)
-    # Optimum re-loads and saves the preprocessors from config._name_or_path (four Auto* loaders,
-    # ~60 ms on MiniLM, errors swallowed); artifacts.py writes them itself, with a record of each
-    # file, so Optimum is given no path to load from.
-    config = getattr(model, "config", None)
-    name_or_path = getattr(config, "_name_or_path", None)
     try:
-        if config is not None:
-            config._name_or_path = ""
-        onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False,
-                               no_post_process=True, no_dynamic_axes=bool(static_shapes), **(static_shapes or {}))
+        with no_preprocessor_reload(getattr(model, "config", None)):
+            onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False,
+                                   no_post_process=True, no_dynamic_axes=bool(static_shapes),
+                                   **(static_shapes or {}))
     except Exception as e:  # torch.onnx / Optimum failures reach the user as one line
         disk = disk_error_message(e)
         if disk:
@@ -84,9 +63,6 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
         if opset is not None and default is not None and opset < default:
             hint = f"; opset {opset} is below Optimum's default for this model ({default}): try --opset {default}"
         raise ModelExportError(f"the ONNX export failed at opset {opset or default}: {first}{hint}") from e
-    finally:
-        if config is not None:
-            config._name_or_path = name_or_path
     subpaths = [f"{name}.onnx" for name in models_and_configs]
     traced = {path: models_and_configs[name][0] for name, path in zip(models_and_configs, subpaths)}
     # Outputs of each submodel's own file, read before post-processing merges files: a merged
@@ -120,10 +96,7 @@ def check_opset(opset: int | None) -> None:
     """Refuse, before any work, an opset the TorchScript exporter Optimum uses cannot write."""
     if opset is None:
         return
-    try:
-        from torch.onnx._constants import ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
-    except ImportError:  # private module moved: fall back to the range of torch 2.13
-        ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET = 7, 20  # noqa: N806
+    ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET = torchscript_opset_range()  # noqa: N806
     if not ONNX_MIN_OPSET <= opset <= ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET:
         raise ModelExportError(f"opset {opset} is not supported: torch.onnx (TorchScript), which Optimum uses, "
                                f"writes opsets {ONNX_MIN_OPSET} to {ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET}")

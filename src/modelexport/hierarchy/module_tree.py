@@ -52,8 +52,12 @@ class ModuleInfo:
 class ModuleTree:
     """Paths, classes, tags and parameter counts of a model's modules."""
 
-    def __init__(self, modules: dict[str, ModuleInfo], aliases: dict[str, str] | None = None):
+    def __init__(self, modules: dict[str, ModuleInfo], aliases: dict[str, str] | None = None,
+                 parameter_owners: dict[str, str] | None = None):
         self.modules = modules
+        # Full name of every parameter and buffer (under each name a tied one has) -> the module
+        # that owns it: the oracle that does not depend on scope names.
+        self.parameter_owners = parameter_owners or {}
         # Other paths of modules registered twice (tied embeddings: T5's encoder.embed_tokens
         # is `shared`). named_modules() lists each instance once; a traced submodule may use
         # the other name in its scopes.
@@ -98,11 +102,17 @@ class ModuleTree:
             modules[path].parameters = sum(p.numel() for p in module.parameters())
         canonical = {id(m): p for p, m in instance_of.items()}
         aliases = {}
+        owners = {}
         for path, module in root.named_modules(remove_duplicate=False):
             first = canonical[id(module)]
             if path != first:
                 aliases[path] = first
-        return cls(modules, aliases)
+            prefix = f"{path}." if path else ""
+            for name, _ in module.named_parameters(recurse=False):
+                owners.setdefault(prefix + name, first)
+            for name, _ in module.named_buffers(recurse=False):
+                owners.setdefault(prefix + name, first)
+        return cls(modules, aliases, owners)
 
     def canonical(self, path: str) -> str:
         """The named_modules() path of a module, given any path that reaches it."""
@@ -153,26 +163,29 @@ class ModuleTree:
                 return path
         return common[0]
 
-    def find_scope_child(self, current: str, scope_name: str) -> str | None:
-        """The module a scope component names, below ``current``.
+    @staticmethod
+    def contains(ancestor: str, path: str) -> bool:
+        """``path`` is ``ancestor`` or below it ("" contains everything)."""
+        return not ancestor or path == ancestor or path.startswith(ancestor + ".")
 
-        A direct child is preferred; otherwise the shallowest descendant with that scope name,
-        which covers modules that call a grandchild's ``forward`` directly (a level the trace
-        never saw); otherwise the one module anywhere with that name, if there is exactly one.
+    def scope_candidates(self, current: str, scope_name: str, root: str = "") -> list[str]:
+        """The modules a scope component can name, below ``current``; more than one is an
+        ambiguity for the caller to settle from evidence, never a silent pick.
+
+        A direct child is the answer. Otherwise the shallowest descendants with that scope name
+        (a module that calls a grandchild's ``forward`` directly leaves a level out of the trace;
+        ties are all returned). Otherwise the modules with that name anywhere below the file's
+        traced ``root``, under any of their names (T5's decoder calls the root's ``shared``
+        embedding, registered below the decoder as ``decoder.embed_tokens``); none outside it.
         """
         direct = self._by_prefix.get((current, scope_name))
         if direct is not None:
-            return direct
+            return [direct]
         candidates = self._by_scope_name.get(scope_name)
         if not candidates:
-            return None
-        prefix = current + "." if current else ""
-        best = None
-        for path in candidates:
-            if path.startswith(prefix) and (best is None or path.count(".") < best.count(".")):
-                best = path
-        if best is None and len(candidates) == 1:
-            # A module called from outside its own subtree (T5's decoder calls the root's
-            # `shared` embedding, whose trace name is `shared`): unambiguous, so take it.
-            best = candidates[0]
-        return best
+            return []
+        below = [p for p in candidates if p != current and self.contains(current, p)]
+        if below:
+            depth = min(p.count(".") for p in below)
+            return [p for p in below if p.count(".") == depth]
+        return [p for p in candidates if self.contains(root, p)]

@@ -51,6 +51,8 @@ class ModuleIndex:
                 self.passive.add(row["module_path"])
         self.node_tags: dict[str, tuple[str, str]] = {}
         self.producer_module: dict[str, str] = {}
+        initializers = {t.name for t in original.graph.initializer}
+        self.parameter_readers: dict[str, list[str]] = {}  # initializer -> modules of the nodes reading it
         self.consumers: dict[str, list[tuple[str, tuple[str, ...]]]] = {}  # tensor -> (module, outputs)
         for node, _ in iter_nodes(original.graph):
             props = {p.key: p.value for p in node.metadata_props}
@@ -68,6 +70,12 @@ class ModuleIndex:
             for name in node.input:
                 if name:
                     self.consumers.setdefault(name, []).append((path, tuple(node.output)))
+                    if name in initializers:
+                        self.parameter_readers.setdefault(name, []).append(path)
+        # An initializer read from several modules is no evidence of where a node belongs: tied
+        # weights, and the exporter's de-duplication of equal tensors (every LayerNorm of a freshly
+        # initialised model shares one `ones` weight).
+        self.parameter_readers = {k: v for k, v in self.parameter_readers.items() if len(set(v)) == 1}
         self.root_class = (self.tag.get("") or "/Model").lstrip("/").split("/")[0]
 
     def known(self, path: str) -> str:
@@ -95,9 +103,19 @@ def restore_tags(original, rewritten, metadata_modules: list[dict] | None = None
     surviving |= {i.name for i in rewritten.graph.input} | {t.name for t in rewritten.graph.initializer}
 
     def fused_sources(node) -> list[str]:
-        """Modules of the original nodes this node replaced: those that produced its outputs, and
-        those that read its inputs but whose own outputs no longer exist (eliminated into it)."""
-        sources = [index.producer_module[o] for o in node.output if o in index.producer_module]
+        """Modules of the original nodes this node replaced.
+
+        The computation it performs: the nodes that produced its outputs and those that read the
+        same parameters. Only when neither exists (all new tensors), the nodes that read its
+        inputs and whose outputs are gone: that wider net also catches mask and shape nodes the
+        optimizer folded away, which would pull a layer's fused node up to the whole model.
+        """
+        return [index.producer_module[o] for o in node.output if o in index.producer_module] + \
+            [m for name in node.input for m in index.parameter_readers.get(name, ())]
+
+    def eliminated_readers(node) -> list[str]:
+        """Modules of the original nodes that read this node's inputs and whose outputs are gone."""
+        sources = []
         for name in node.input:
             for module, outputs in index.consumers.get(name, ()):
                 if outputs and not any(o in surviving for o in outputs):
@@ -107,6 +125,7 @@ def restore_tags(original, rewritten, metadata_modules: list[dict] | None = None
     def assign_graph(graph, fallback: str) -> None:
         nodes = graph.node
         assigned: list[str | None] = []
+        unsourced: list[int] = []  # rewritten nodes whose own computation left no trace
         for node in nodes:
             if not node.name:  # viewers (Model Explorer) need names; make a unique one
                 base = f"{node.op_type}_restored"
@@ -132,6 +151,14 @@ def restore_tags(original, rewritten, metadata_modules: list[dict] | None = None
                     counts.by_lineage += 1
                 else:
                     assigned.append(None)
+                    if eliminated_readers(node):
+                        unsourced.append(len(assigned) - 1)
+        if unsourced:
+            _between_neighbours(nodes, assigned, unsourced, index.common, counts)
+            for i in unsourced:
+                if assigned[i] is None:  # the wide net, last: it may include folded mask/shape nodes
+                    assigned[i] = index.common(eliminated_readers(nodes[i]))
+                    counts.by_lineage += 1
         counts.inferred += infer_from_neighbours(nodes, assigned, index.common)
         for i, path in enumerate(assigned):
             if path is None:
@@ -147,3 +174,26 @@ def restore_tags(original, rewritten, metadata_modules: list[dict] | None = None
 
     assign_graph(rewritten.graph, "")
     return counts
+
+
+def _between_neighbours(nodes, assigned: list[str | None], which: list[int], common, counts: RestoreCounts) -> None:
+    """A fused node whose outputs and parameters are all new (FastGelu over a de-duplicated bias)
+    sits between the nodes that feed it and those it feeds: the deepest module holding both
+    sides (GPT-2's ``h.0.mlp`` between ``c_fc`` and ``c_proj``), not either side alone."""
+    wanted = {name for i in which for name in (*nodes[i].input, *nodes[i].output) if name}
+    producer: dict[str, int] = {}
+    consumers: dict[str, list[int]] = {}
+    for j, node in enumerate(nodes):
+        for name in node.output:
+            if name in wanted:
+                producer[name] = j
+        for name in node.input:
+            if name in wanted:
+                consumers.setdefault(name, []).append(j)
+    for i in which:
+        before = [assigned[producer[x]] for x in nodes[i].input if x in producer]
+        after = [assigned[c] for x in nodes[i].output for c in consumers.get(x, ())]
+        before, after = [p for p in before if p is not None], [p for p in after if p is not None]
+        if before and after:
+            assigned[i] = common(before + after)
+            counts.inferred += 1

@@ -26,13 +26,17 @@ _CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
 
 @dataclass
 class Coverage:
-    """How each node of one ONNX file got its tag."""
+    """How each node of one ONNX file got its tag. ``direct + inferred + root_fallback == nodes``."""
 
     nodes: int = 0
-    direct: int = 0  # the exporter's scope named the module
+    direct: int = 0  # the exporter's scope named the module (with parameters settling ties)
     inferred: int = 0  # from the nodes around it
     root_fallback: int = 0  # nothing fitted: tagged with the file's root module
-    partial_scope: int = 0  # direct, but some scope component matched no module
+    partial_scope: int = 0  # direct, but the scope did not pin one module: tagged with the
+    #                         deepest module it does pin (a component matched nothing, or
+    #                         several modules fit and no evidence chose one)
+    by_parameters: int = 0  # direct, several modules fit the scope, the parameters read chose
+    by_neighbours: int = 0  # inferred, several modules fit the scope, the neighbours chose
     at_root: int = 0  # nodes whose module is the root, for whatever reason
 
     def as_dict(self) -> dict:
@@ -48,33 +52,86 @@ class TaggingResult:
     graph_sha256: str = ""  # structure fingerprint (see fingerprint.py)
 
 
+@dataclass(frozen=True)
+class Resolution:
+    candidates: tuple[str, ...]  # the modules the scope can mean (one when unambiguous)
+    complete: bool  # every component matched a module
+
+    @property
+    def ambiguous(self) -> bool:
+        return len(self.candidates) > 1
+
+
+_MAX_BRANCHES = 64  # candidate paths followed per scope (ties at several levels multiply)
+
+
 class ScopeResolver:
     """Maps TorchScript scope names to module paths, below the file's traced root."""
 
     def __init__(self, tree: ModuleTree, root_path: str = ""):
         self.tree = tree
         self.root_path = root_path
-        self._cache: dict[str, tuple[str, bool]] = {}
+        self._cache: dict[str, Resolution] = {}
 
-    def resolve(self, scope: str) -> tuple[str, bool]:
-        """Module path for a scope string ``a/b.0/c``; the flag is True when all of it matched."""
+    def _step(self, current: str, component: str) -> list[str]:
+        tree, root = self.tree, self.root_path
+        m = _CALL_SUFFIX.match(component)
+        base = m.group(1) if m else None
+        # "fc_1" is a module named fc_1, or the second call of fc: a real child of either name
+        # is a candidate; only evidence tells them apart when both exist.
+        direct = [p for p in (tree._by_prefix.get((current, component)),
+                              tree._by_prefix.get((current, base)) if base else None) if p is not None]
+        if direct:
+            return direct
+        found = tree.scope_candidates(current, component, root)
+        if not found and base:
+            found = tree.scope_candidates(current, base, root)
+        return found
+
+    def resolve(self, scope: str) -> Resolution:
+        """The modules a scope string ``a/b.0/c`` can mean."""
         hit = self._cache.get(scope)
         if hit is not None:
             return hit
-        current, complete = self.root_path, True
+        branches, complete = [self.root_path], True
         for component in scope.split("/") if scope else ():
-            found = self.tree.find_scope_child(current, component)
-            if found is None:
-                m = _CALL_SUFFIX.match(component)
-                if m:
-                    found = self.tree.find_scope_child(current, m.group(1))
-            if found is None:
-                complete = False
+            following: list[str] = []
+            for current in branches:
+                for found in self._step(current, component) or ():
+                    if found not in following:
+                        following.append(found)
+            if not following:
+                complete = False  # e.g. a helper function's scope: stay at the module reached
                 continue
-            current = found
-        result = (self.tree.canonical(current), complete)
+            branches = following[:_MAX_BRANCHES]
+        candidates = tuple(dict.fromkeys(self.tree.canonical(p) for p in branches))
+        result = Resolution(candidates, complete)
         self._cache[scope] = result
         return result
+
+    def owner_of(self, tensor_name: str) -> str | None:
+        """The module owning a parameter or buffer, by the initializer's name. A file traced from
+        a submodule names its weights relative to it."""
+        owners = self.tree.parameter_owners
+        if self.root_path:
+            found = owners.get(f"{self.root_path}.{tensor_name}")
+            if found is not None:
+                return found
+        return owners.get(tensor_name)
+
+
+def _branches(candidates: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Each candidate with the subtree that sets it apart from the others: its ancestor one level
+    below their common prefix (``layers.0`` for ``layers.0.attention.matmul_qk`` against
+    ``layers.1.attention.matmul_qk``). Evidence anywhere in that subtree, such as the parent
+    module's node feeding the child, points to that candidate."""
+    split = [c.split(".") if c else [] for c in candidates]
+    common = 0
+    for column in zip(*split):
+        if any(a != column[0] for a in column):
+            break
+        common += 1
+    return [(c, ".".join(atoms[: common + 1])) for c, atoms in zip(candidates, split)]
 
 
 def scope_of(node_name: str) -> str | None:
@@ -122,15 +179,21 @@ class TaggingPass:
         coverage.at_root = counts.get(self.root_path, 0)
         return TaggingResult(coverage, counts)
 
-    def _direct(self, node: onnx.NodeProto, coverage: Coverage) -> str | None:
-        scope = scope_of(node.name)
-        if scope is None:
-            return None
-        path, complete = self.resolver.resolve(scope)
-        coverage.direct += 1
-        if not complete:
-            coverage.partial_scope += 1
-        return path
+    def _scope_evidence(self, nodes) -> dict[str, set[str]]:
+        """Per scope: the modules owning the parameters its nodes read. A parameter read from
+        several scopes is no evidence: tied weights, or the exporter's de-duplication of equal
+        tensors (every LayerNorm of a freshly initialised model shares one `ones` weight)."""
+        read_in: dict[str, set[str]] = {}
+        for node in nodes:
+            scope = scope_of(node.name)
+            for name in node.input:
+                if name and self.resolver.owner_of(name) is not None:
+                    read_in.setdefault(name, set()).add(scope or "")
+        evidence: dict[str, set[str]] = {}
+        for name, scopes in read_in.items():
+            if len(scopes) == 1 and next(iter(scopes)):
+                evidence.setdefault(next(iter(scopes)), set()).add(self.resolver.owner_of(name))
+        return evidence
 
     def _assign(self, graph: onnx.GraphProto, fallback: str, coverage: Coverage,
                 out: list[tuple[onnx.NodeProto, str]]) -> None:
@@ -140,7 +203,40 @@ class TaggingPass:
         subgraph (e.g. the decoders inside the If node of Optimum's merged decoder).
         """
         nodes = graph.node
-        assigned: list[str | None] = [self._direct(n, coverage) for n in nodes]
+        contains = self.tree.contains
+        assigned: list[str | None] = [None] * len(nodes)
+        open_choices: dict[int, tuple[str, ...]] = {}  # node -> modules its scope can mean
+        evidence = None
+        for i, node in enumerate(nodes):
+            scope = scope_of(node.name)
+            if scope is None:
+                # A de-duplicated parameter's Identity (no scope) belongs to the parameter it outputs.
+                owner = next((o for o in map(self.resolver.owner_of, node.output) if o), None) \
+                    if node.op_type == "Identity" else None
+                if owner is not None and contains(self.root_path, owner):
+                    assigned[i] = owner
+                    coverage.direct += 1
+                continue
+            resolution = self.resolver.resolve(scope)
+            coverage.direct += 1
+            if not resolution.complete:
+                coverage.partial_scope += 1
+            if not resolution.ambiguous:
+                assigned[i] = resolution.candidates[0]
+                continue
+            if evidence is None:
+                evidence = self._scope_evidence(nodes)
+            owners = evidence.get(scope, ())
+            branches = _branches(resolution.candidates)
+            fitting = [c for c, b in branches if owners and all(contains(b, o) for o in owners)]
+            if len(fitting) == 1:
+                assigned[i] = fitting[0]
+                coverage.by_parameters += 1
+            else:
+                open_choices[i] = resolution.candidates
+                coverage.direct -= 1  # counted again below, as inferred or partial
+        if open_choices:
+            self._choose_by_neighbours(nodes, assigned, open_choices, coverage)
         coverage.inferred += infer_from_neighbours(nodes, assigned, self.tree.common_ancestor)
         for i, path in enumerate(assigned):
             if path is None:
@@ -158,6 +254,45 @@ class TaggingPass:
                 elif attr.type == onnx.AttributeProto.GRAPHS:
                     for sub in attr.graphs:
                         self._assign(sub, path, coverage, out)
+
+    def _choose_by_neighbours(self, nodes, assigned: list[str | None], open_choices: dict[int, tuple[str, ...]],
+                              coverage: Coverage) -> None:
+        """Settle scopes that fit several modules from the modules of the nodes around them: the
+        candidate holding the neighbours' modules, when exactly one does. Repeated so that chains
+        of such nodes settle one from the next; what stays open gets the candidates' common
+        ancestor and is counted as partial."""
+        contains = self.tree.contains
+        wanted = {name for i in open_choices for name in (*nodes[i].input, *nodes[i].output) if name}
+        producer: dict[str, int] = {}
+        consumers: dict[str, list[int]] = {}
+        for j, node in enumerate(nodes):
+            for name in node.output:
+                if name in wanted:
+                    producer[name] = j
+            for name in node.input:
+                if name in wanted:
+                    consumers.setdefault(name, []).append(j)
+        pending = {i: _branches(candidates) for i, candidates in open_choices.items()}
+        while pending:
+            settled = []
+            for i, candidates in pending.items():
+                around = [assigned[producer[x]] for x in nodes[i].input if x in producer] + \
+                         [assigned[c] for x in nodes[i].output for c in consumers.get(x, ())]
+                around = [p for p in around if p is not None]
+                fitting = [c for c, b in candidates if any(contains(b, p) for p in around)]
+                if len(fitting) == 1:
+                    assigned[i] = fitting[0]
+                    coverage.inferred += 1
+                    coverage.by_neighbours += 1
+                    settled.append(i)
+            if not settled:
+                break
+            for i in settled:
+                del pending[i]
+        for i, candidates in pending.items():
+            assigned[i] = self.tree.common_ancestor([c for c, _ in candidates])
+            coverage.direct += 1
+            coverage.partial_scope += 1
 
 
 def tag_file(path, tree: ModuleTree, root_path: str = "") -> tuple[TaggingResult, int | None]:

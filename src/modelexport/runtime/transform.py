@@ -6,7 +6,6 @@ staged output folder as an export.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import shutil
 import tempfile
@@ -109,47 +108,33 @@ def optimize_folder(src, out, level: str = "O2", force: bool = False) -> Transfo
     return TransformResult(out, summaries)
 
 
-def excluded_node_names(model, patterns: list[str]) -> dict[str, list[str]]:
-    """Node names per pattern: a node is excluded when its module or any ancestor matches."""
-    from modelexport.hierarchy.tags import node_tag
-
-    by_pattern: dict[str, list[str]] = {p: [] for p in patterns}
-    for node in model.graph.node:
-        path = node_tag(node).module_path
-        if path is None:
-            continue
-        atoms = path.split(".") if path else []
-        chain = [".".join(atoms[: i + 1]) for i in range(len(atoms))] or [""]
-        for pattern in patterns:
-            if any(fnmatch.fnmatchcase(p, pattern) for p in chain):
-                by_pattern[pattern].append(node.name)
-                break
-    return by_pattern
-
-
 def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = False) -> TransformResult:
     import onnx
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
     from modelexport.exporter.output_dir import staged_output_dir
+    from modelexport.hierarchy.selection import select_modules
 
     src, out = Path(src), Path(out)
     names = _onnx_names(src)
     modules = _modules(src)
     exclude = exclude or []
     result = TransformResult(out)
+    # A pattern has to match in one file of the folder, not in each: `encoder.block.1` is not in
+    # the decoder files. Nodes inside a merged decoder's If branches are matched too.
+    selection = select_modules({name: onnx.load(str(src / name), load_external_data=False) for name in names},
+                               exclude)
+    for pattern, per_file in selection.nodes.items():
+        result.kept_float[pattern] = sum(len(v) for v in per_file.values())
     with staged_output_dir(out, force) as staging:
         for name in names:
-            model = onnx.load(str(src / name), load_external_data=False)
-            by_pattern = excluded_node_names(model, exclude)
-            empty = [p for p, nodes in by_pattern.items() if not nodes]
-            if empty:
-                raise ModelExportError(f"--exclude-modules {empty[0]!r} matches no module of {name}")
-            for pattern, nodes in by_pattern.items():
-                result.kept_float[pattern] = result.kept_float.get(pattern, 0) + len(nodes)
-            config = AutoQuantizationConfig.avx2(is_static=False, per_channel=False,
-                                                 nodes_to_exclude=[n for ns in by_pattern.values() for n in ns])
+            excluded = selection.names_in(name)
+            # ONNX Runtime's quantizer first rewrites each Gemm as MatMul (+ Add, + Transpose),
+            # named after the Gemm: excluding only the Gemm's name would quantize it anyway
+            # (GPT-2's Conv1D layers are Gemms).
+            excluded += [f"{n}{suffix}" for n in list(excluded) for suffix in ("_MatMul", "_Add", "_Transpose")]
+            config = AutoQuantizationConfig.avx2(is_static=False, per_channel=False, nodes_to_exclude=excluded)
             with tempfile.TemporaryDirectory(dir=staging) as tmp:
                 try:
                     quantizer = ORTQuantizer.from_pretrained(src, file_name=name)

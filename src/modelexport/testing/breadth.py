@@ -1,0 +1,269 @@
+"""Every transformers model type Optimum's ONNX exporter supports, tiny, exported both ways.
+
+``check_model_type`` builds a tiny random model of one type from its default config (sizes
+shrunk generically, no Hub), picks a task, exports it with plain Optimum and with modelexport,
+and measures: did each export, coverage, the parameter oracle, validation, the ORTModel load.
+scripts/breadth_table.py runs it for every type (one process each) and writes docs/breadth.md;
+tests/test_breadth.py runs a representative subset.
+
+The parameter oracle does not use our naming: a node that reads a parameter must be tagged with
+the module owning that parameter or one of its descendants. Parameters whose values equal another
+parameter's are left out of the oracle (the exporter keeps one of several equal tensors, e.g. the
+all-ones LayerNorm weights of a freshly initialised model, so the name read says nothing).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Task preference: the heads users export most, generation with the KV cache first.
+TASK_PREFERENCE = (
+    "text-generation-with-past", "text2text-generation-with-past", "automatic-speech-recognition-with-past",
+    "image-to-text-with-past", "text-classification", "image-classification", "audio-classification",
+    "object-detection", "semantic-segmentation", "fill-mask", "question-answering", "token-classification",
+    "multiple-choice", "zero-shot-image-classification", "automatic-speech-recognition", "image-to-text",
+    "text-generation", "text2text-generation", "audio-frame-classification", "audio-xvector", "depth-estimation",
+    "image-segmentation", "masked-im", "feature-extraction",
+)
+
+# Generic shrinking: attribute -> small value. Heads divide every width below; depth 2.
+_SMALL = {
+    **dict.fromkeys(("hidden_size", "d_model", "n_embd", "dim", "embed_dim", "word_embed_proj_dim", "projection_dim",
+                     "text_embed_dim", "vision_embed_dim", "encoder_hidden_size", "decoder_hidden_size",
+                     "hidden_dim_text"), 32),
+    **dict.fromkeys(("num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers", "decoder_layers",
+                     "num_decoder_layers", "num_encoder_layers", "encoder_num_layers", "decoder_num_layers"), 2),
+    **dict.fromkeys(("num_attention_heads", "n_head", "n_heads", "encoder_attention_heads",
+                     "decoder_attention_heads", "num_heads", "encoder_num_attention_heads",
+                     "decoder_num_attention_heads"), 4),
+    **dict.fromkeys(("intermediate_size", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "d_ff", "n_inner",
+                     "hidden_dim", "encoder_intermediate_size", "decoder_intermediate_size",
+                     "moe_intermediate_size", "shared_expert_intermediate_size"), 64),
+    "num_key_value_heads": 2, "head_dim": 8, "d_kv": 8, "num_experts": 4, "num_local_experts": 4,
+    "num_experts_per_tok": 2, "kv_lora_rank": 16, "q_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4,
+    "v_head_dim": 8, "embedding_size": 32, "first_k_dense_replace": 1,
+}
+_LIST_SHRINK = {"depths": 1, "num_layers_list": 1}
+_NESTED = ("text_config", "vision_config", "audio_config", "encoder_config", "decoder_config", "backbone_config",
+           "qformer_config", "speech_config", "encoder", "decoder")
+
+
+@dataclass
+class BreadthRow:
+    model_type: str
+    task: str | None = None
+    optimum: str = "not run"  # "ok" or the error
+    modelexport: str = "not run"
+    files: list[str] = field(default_factory=list)
+    nodes: int = 0
+    direct: int = 0
+    inferred: int = 0
+    root_fallback: int = 0
+    partial: int = 0
+    untagged: int = 0
+    oracle_checked: int = 0  # nodes reading a distinct-valued parameter
+    oracle_violations: list[str] = field(default_factory=list)  # node: tag vs owner
+    max_abs_diff: float | None = None
+    validation_passed: bool | None = None
+    ort_model_class: str | None = None
+    ort_load: str = "not run"
+    seconds: float = 0.0
+    stage: str = ""  # where it stopped: build, optimum, modelexport, check
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def supported_model_types() -> dict[str, list[str]]:
+    """transformers model type -> ONNX tasks, as optimum-onnx registers them."""
+    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the configs)
+
+    from modelexport.exporter.optimum_compat import supported_types
+
+    return supported_types("transformers")
+
+
+def choose_task(tasks: list[str]) -> str:
+    for task in TASK_PREFERENCE:
+        if task in tasks:
+            return task
+    return sorted(tasks)[0]
+
+
+def shrink_config(config, depth: int = 0) -> None:
+    """Make a default config tiny, in place (and its nested configs)."""
+    if depth > 3:
+        return
+    for name, value in _SMALL.items():
+        current = getattr(config, name, None)
+        if isinstance(current, int) and not isinstance(current, bool) and current > value:
+            setattr(config, name, value)
+    for name, count in _LIST_SHRINK.items():
+        current = getattr(config, name, None)
+        if isinstance(current, (list, tuple)) and current:
+            setattr(config, name, [count] * len(current))
+    sizes = getattr(config, "hidden_sizes", None)
+    if isinstance(sizes, (list, tuple)) and sizes and all(isinstance(s, int) for s in sizes):
+        config.hidden_sizes = [8 * 2 ** i for i in range(len(sizes))]
+    for name in ("layer_types",):  # per-layer lists must follow the new depth
+        current = getattr(config, name, None)
+        layers = getattr(config, "num_hidden_layers", None)
+        if isinstance(current, list) and isinstance(layers, int):
+            setattr(config, name, current[:layers])
+    for name in _NESTED:
+        sub = getattr(config, name, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            shrink_config(sub, depth + 1)
+
+
+def _distinct_parameters(model) -> dict[str, str]:
+    """Parameter name -> owning module path, for parameters whose values no other one has."""
+    by_value: dict[tuple, list[str]] = {}
+    owner = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for name, p in module.named_parameters(recurse=False):
+            full = f"{path}.{name}" if path else name
+            owner[full] = path
+            data = p.detach().cpu().contiguous().numpy().tobytes()
+            by_value.setdefault((tuple(p.shape), str(p.dtype), hashlib.sha1(data).hexdigest()), []).append(full)
+    distinct = {}
+    for names in by_value.values():
+        if len({owner[n] for n in names}) == 1 and len(names) == 1:
+            distinct[names[0]] = owner[names[0]]
+    return distinct
+
+
+def oracle_violations(onnx_path: Path, owners: dict[str, str], root: str) -> tuple[int, list[str]]:
+    import onnx
+
+    from modelexport.hierarchy.module_tree import ModuleTree
+    from modelexport.hierarchy.tags import iter_nodes, node_tag
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    checked, bad = 0, []
+    for node, graph_path in iter_nodes(model.graph):
+        tag = node_tag(node, graph_path).module_path
+        for name in node.input:
+            owner = owners.get(f"{root}.{name}" if root else name) or owners.get(name)
+            if owner is None:
+                continue
+            checked += 1
+            if tag is None or not ModuleTree.contains(owner, tag):
+                bad.append(f"{onnx_path.name}:{node.name} reads {name}: tagged {tag!r}, owner {owner!r}")
+    return checked, bad
+
+
+def build_tiny(model_type: str, task: str, folder: Path):
+    import torch
+    from optimum.exporters.tasks import TasksManager
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type)
+    shrink_config(config)
+    if getattr(config, "pad_token_id", None) is None and task == "text-classification":
+        config.pad_token_id = 0
+    base_task = task.replace("-with-past", "")
+    model_class = TasksManager.get_model_class_for_task(base_task, framework="pt", model_type=model_type,
+                                                        library="transformers")
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def check_model_type(model_type: str, tasks: list[str], work: Path) -> BreadthRow:
+    import onnxruntime  # noqa: F401  (imported before torch: its own thread pools first)
+
+    import modelexport
+    from modelexport.quiet import silenced
+
+    row = BreadthRow(model_type, choose_task(tasks))
+    started = time.perf_counter()
+    with silenced():
+        try:
+            row.stage = "build"
+            model = build_tiny(model_type, row.task, work / "model")
+            row.stage = "optimum"
+            from optimum.exporters.onnx import onnx_export_from_model
+
+            try:
+                onnx_export_from_model(model, work / "optimum", task=row.task, do_validation=False)
+                row.optimum = "ok"
+            except Exception as e:  # Optimum's own failure is a result, not a crash of the table
+                row.optimum = _first_line(e)
+            row.stage = "modelexport"
+            try:
+                result = modelexport.export(str(work / "model"), work / "modelexport", task=row.task)
+                row.modelexport = "ok"
+            except Exception as e:
+                row.modelexport = _first_line(e)
+                return row
+            row.stage = "check"
+            _measure(row, result, model, work / "modelexport")
+        except Exception as e:
+            if row.stage == "build":
+                row.optimum = row.modelexport = f"cannot build tiny: {_first_line(e)}"
+            else:
+                row.modelexport = f"{row.stage}: {_first_line(e)}"
+        finally:
+            row.seconds = round(time.perf_counter() - started, 2)
+    return row
+
+
+def _measure(row: BreadthRow, result, model, out: Path) -> None:
+    from modelexport.hierarchy.tags import read_tags
+
+    owners = _distinct_parameters(model)
+    instance_root = {f.name: f.root_module for f in result.files}
+    passed = []
+    for f in result.files:
+        row.files.append(f.name)
+        c = f.coverage
+        row.nodes += c["nodes"]
+        row.direct += c["direct"]
+        row.inferred += c["inferred"]
+        row.root_fallback += c["root_fallback"]
+        row.partial += c.get("partial_scope", 0)
+        row.untagged += sum(t.module_path is None for t in read_tags(out / f.name))
+        checked, bad = oracle_violations(out / f.name, owners, instance_root[f.name])
+        row.oracle_checked += checked
+        row.oracle_violations += bad
+        if f.validation:
+            diff = f.validation["max_abs_diff"]
+            row.max_abs_diff = diff if row.max_abs_diff is None else max(row.max_abs_diff, diff)
+            passed.append(f.validation["passed"])
+    row.validation_passed = all(passed) if passed else None
+    row.ort_model_class = result.ort_model_class
+    if result.ort_model_class:
+        import optimum.onnxruntime as ortm
+
+        try:
+            getattr(ortm, result.ort_model_class).from_pretrained(out)
+            row.ort_load = "ok"
+        except Exception as e:
+            row.ort_load = _first_line(e)
+    else:
+        row.ort_load = "no ORTModel class for the task"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}"[:300]
+
+
+def main(argv: list[str]) -> int:
+    """Worker entry: ``python -m modelexport.testing.breadth MODEL_TYPE WORKDIR OUT.json TASK...``."""
+    model_type, work, out, tasks = argv[0], Path(argv[1]), Path(argv[2]), argv[3:]
+    row = check_model_type(model_type, tasks, work)
+    out.write_text(json.dumps(row.as_dict()), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
