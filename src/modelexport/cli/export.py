@@ -66,7 +66,8 @@ def summary_dict(result) -> dict:
         "library": result.library,
         "opset": result.opset,
         "files": [
-            {"name": f.name, "nodes": f.nodes, "coverage": f.coverage, "validation": f.validation}
+            {"name": f.name, "nodes": f.nodes, "coverage": f.coverage, "validation": f.validation,
+             "warnings": f.warnings}
             for f in result.files
         ],
         "artifacts": result.artifacts,
@@ -102,6 +103,9 @@ def print_summary(result) -> None:
     console.print(f"Also written: {escape(', '.join(written))}, modelexport_metadata.json")
     if skipped:
         console.print(f"[dim]Not present in the model: {escape(', '.join(skipped))}[/]")
+    for f in result.files:
+        for warning in f.warnings:
+            console.print(f"[yellow]Warning:[/] {escape(warning)}")
     above = [f.name for f in result.files if f.validation and not f.validation["passed"]]
     if above:
         # As Optimum does, a difference above its tolerance is a warning, not a failed export.

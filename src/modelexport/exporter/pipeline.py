@@ -95,12 +95,13 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
         file_opset = None
         with phases("tag", "Tagging nodes with their modules"):
             for item in exported.files:
-                root = instance_paths.get(id(item.submodel), "")
+                root, warnings = traced_root(item, instance_paths)
                 tagged, opset_of_file = tag_file(staging / item.name, tree, root)
                 file_opset = file_opset or opset_of_file
                 node_counts[item.name] = tagged.node_count_by_module
                 reports.append(FileReport(item.name, root, tagged.coverage.nodes, tagged.coverage.as_dict(),
-                                          graph_sha256=tagged.graph_sha256))
+                                          graph_sha256=tagged.graph_sha256,
+                                          warnings=warnings + [f"{item.name}: {w}" for w in tagged.warnings]))
 
         with phases("artifacts", "Writing config and preprocessors"):
             generation_config = getattr(loaded, "generation_config", None)
@@ -161,7 +162,8 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
             "static_preprocessing": static_changes or None,
             "opset": file_opset,
             "files": {r.name: {"root_module": r.root_module, "nodes": r.nodes, "coverage": r.coverage,
-                               "graph_sha256": r.graph_sha256, "validation": r.validation} for r in reports},
+                               "graph_sha256": r.graph_sha256, "validation": r.validation,
+                               "warnings": r.warnings} for r in reports},
             "artifacts": result.artifacts,
             "modules": module_table(tree, node_counts),
             "timings_seconds": {k: round(v, 4) for k, v in result.timings.items()},
@@ -174,3 +176,20 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
     result.timings["total"] = time.perf_counter() - started
     result.metadata_path = output_dir / METADATA_FILE
     return result
+
+
+def traced_root(item, instance_paths: dict[int, str]) -> tuple[str, list[str]]:
+    """The module path Optimum traced for a file, and a warning when it is not one of the model's
+    modules (then scopes are resolved from the whole model, and the user is told)."""
+    if item.submodel is None or id(item.submodel) in instance_paths:
+        return instance_paths.get(id(item.submodel), ""), []
+    # A wrapper around modules of the model (Optimum patches some encoders this way): the
+    # deepest module holding every module it wraps.
+    from modelexport.hierarchy.module_tree import common_path_prefix
+
+    inner = [instance_paths[id(m)] for m in getattr(item.submodel, "modules", lambda: ())()
+             if id(m) in instance_paths]
+    if inner:
+        return common_path_prefix(inner), []
+    return "", [f"{item.name}: the module Optimum traced ({type(item.submodel).__name__}) is not part of the "
+                "model; its scopes were resolved from the whole model"]

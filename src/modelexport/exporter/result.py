@@ -13,6 +13,7 @@ class FileReport:
     coverage: dict
     validation: dict | None = None  # None when validation was skipped
     graph_sha256: str = ""
+    warnings: list[str] = field(default_factory=list)  # what the user should know about this file's tags
 
 
 @dataclass

@@ -58,7 +58,11 @@ def validate_file(onnx_path: Path, submodel, onnx_config, atol: float | None = N
 
     if atol is None:
         atol = optimum_atol(onnx_config, getattr(onnx_config, "task", ""))
-    inputs = onnx_config.generate_dummy_inputs(framework="pt", **(input_shapes or {}))
+    from optimum.utils import DEFAULT_DUMMY_SHAPES
+
+    # Every dummy shape, as Optimum's export passes them (RT-DETR's config reads `height`
+    # unconditionally); the static shapes, when given, override the defaults.
+    inputs = onnx_config.generate_dummy_inputs(framework="pt", **{**DEFAULT_DUMMY_SHAPES, **(input_shapes or {})})
     reference_inputs = onnx_config.rename_ambiguous_inputs(copy.deepcopy(inputs))
     with onnx_config.patch_model_for_export(submodel, model_kwargs={}), torch.inference_mode():
         reference = submodel(**reference_inputs)

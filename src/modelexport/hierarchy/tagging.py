@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import onnx
 
@@ -37,6 +37,7 @@ class Coverage:
     #                         several modules fit and no evidence chose one)
     by_parameters: int = 0  # direct, several modules fit the scope, the parameters read chose
     by_neighbours: int = 0  # inferred, several modules fit the scope, the neighbours chose
+    folded_batch_norm: int = 0  # partial: Conv nodes the exporter merged with the BatchNorm after them
     at_root: int = 0  # nodes whose module is the root, for whatever reason
 
     def as_dict(self) -> dict:
@@ -50,6 +51,7 @@ class TaggingResult:
     coverage: Coverage
     node_count_by_module: dict[str, int]
     graph_sha256: str = ""  # structure fingerprint (see fingerprint.py)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,23 @@ class ScopeResolver:
         return owners.get(tensor_name)
 
 
+def _subgraphs(node) -> list:
+    subs = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            subs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            subs.extend(attr.graphs)
+    return subs
+
+
+def _all_paths(graph, key: str, found: dict[str, list[str | None]]):
+    yield from found[key]
+    for i, node in enumerate(graph.node):
+        for k, sub in enumerate(_subgraphs(node)):
+            yield from _all_paths(sub, f"{key}{i}/{k}/", found)
+
+
 def _branches(candidates: tuple[str, ...]) -> list[tuple[str, str]]:
     """Each candidate with the subtree that sets it apart from the others: its ancestor one level
     below their common prefix (``layers.0`` for ``layers.0.attention.matmul_qk`` against
@@ -163,6 +182,7 @@ class TaggingPass:
         gc.disable()
         try:
             self._assign(graph, self.root_path, coverage, paths)
+            warnings = self._folded_batch_norms(paths, coverage)
             counts: dict[str, int] = {}
             root_class = self.tree.modules[""].class_name
             namespaces: dict[str, str] = {}
@@ -177,7 +197,36 @@ class TaggingPass:
                 gc.enable()
         coverage.nodes = len(paths)
         coverage.at_root = counts.get(self.root_path, 0)
-        return TaggingResult(coverage, counts)
+        return TaggingResult(coverage, counts, warnings=warnings)
+
+    def _folded_batch_norms(self, paths: list[tuple[onnx.NodeProto, str]], coverage: Coverage) -> list[str]:
+        """The TorchScript exporter folds an eval-mode BatchNorm into the Conv before it: one Conv
+        node then computes both, and the BatchNorm module has no node. Tagging that node with the
+        Conv alone would hide the BatchNorm from every per-module tool, so it gets the modules'
+        common parent, counted as partial, and the user is told."""
+        modules = self.tree.modules
+        used = {path for _, path in paths}
+        moved = 0
+        for path, info in modules.items():
+            if "BatchNorm" not in info.class_name or path in used or info.parent is None \
+                    or not self.tree.contains(self.root_path, path):
+                continue
+            siblings = modules[info.parent].children
+            position = siblings.index(path)
+            if position == 0:
+                continue
+            conv = siblings[position - 1]
+            parent = self.tree.common_ancestor([conv, path])
+            for k, (node, tagged) in enumerate(paths):
+                if tagged == conv and node.op_type == "Conv":
+                    paths[k] = (node, parent)
+                    moved += 1
+        if not moved:
+            return []
+        coverage.partial_scope += moved
+        coverage.folded_batch_norm += moved
+        return [f"{moved} Conv nodes also compute the BatchNorm the exporter folded into them: tagged with the "
+                "module holding both"]
 
     def _scope_evidence(self, nodes) -> dict[str, set[str]]:
         """Per scope: the modules owning the parameters its nodes read. A parameter read from
@@ -197,12 +246,80 @@ class TaggingPass:
 
     def _assign(self, graph: onnx.GraphProto, fallback: str, coverage: Coverage,
                 out: list[tuple[onnx.NodeProto, str]]) -> None:
-        """Assign every node of ``graph``, then recurse into subgraphs (If/Loop/Scan bodies).
+        """Assign every node of ``graph`` and of its subgraphs (If/Loop/Scan bodies).
 
         ``fallback`` is the root for the main graph and the holding node's module for a
         subgraph (e.g. the decoders inside the If node of Optimum's merged decoder).
         """
+        found = self._evidence_pass(graph, "", coverage)
+        self._settle_subgraph_holders(graph, "", found, coverage)
+        self._fill_and_emit(graph, "", found, fallback, coverage, out)
+
+    def _evidence_pass(self, graph, key: str, coverage: Coverage) -> dict[str, list[str | None]]:
+        """Scopes, parameters and neighbours, graph by graph; what none of them decides stays None.
+        Keyed by the graph's position ("" for this one, "3/1/" for node 3's second subgraph...):
+        protobuf hands out a new wrapper object on each access, so ``id()`` is no key."""
         nodes = graph.node
+        assigned = self._scoped(nodes, coverage)
+        coverage.inferred += infer_from_neighbours(nodes, assigned, self.tree.common_ancestor)
+        found = {key: assigned}
+        for i, node in enumerate(nodes):
+            for k, sub in enumerate(_subgraphs(node)):
+                found.update(self._evidence_pass(sub, f"{key}{i}/{k}/", coverage))
+        return found
+
+    def _settle_subgraph_holders(self, graph, key: str, found: dict[str, list[str | None]],
+                                 coverage: Coverage) -> None:
+        """Optimum's merged decoder: an If node with no scope of its own holds both decoders.
+
+        A branch's placeholder node (e.g. the `present.N.encoder.key` constants of the with-past
+        branch) takes the module of the node producing the same output in the other branch; the
+        holding node takes the deepest module holding everything inside it."""
+        assigned = found[key]
+        for i, node in enumerate(graph.node):
+            subs = _subgraphs(node)
+            if not subs:
+                continue
+            keys = [f"{key}{i}/{k}/" for k in range(len(subs))]
+            for sub, sub_key in zip(subs, keys):
+                self._settle_subgraph_holders(sub, sub_key, found, coverage)
+            if node.op_type == "If" and len(subs) == 2:
+                for (this, this_key), (other, other_key) in (zip(subs, keys), zip(subs[::-1], keys[::-1])):
+                    producer = {o: found[other_key][k] for k, n in enumerate(other.node) for o in n.output}
+                    mine = found[this_key]
+                    for k, n in enumerate(this.node):
+                        if mine[k] is not None:
+                            continue
+                        positions = [j for j, o in enumerate(this.output) if o.name in n.output]
+                        twins = [producer.get(other.output[j].name) for j in positions if j < len(other.output)]
+                        twins = [t for t in twins if t is not None]
+                        if twins:
+                            mine[k] = self.tree.common_ancestor(twins)
+                            coverage.inferred += 1
+            if assigned[i] is None:
+                inside = [p for sub, sub_key in zip(subs, keys) for p in _all_paths(sub, sub_key, found)
+                          if p is not None]
+                if inside:
+                    assigned[i] = self.tree.common_ancestor(inside)
+                    coverage.inferred += 1
+
+    def _fill_and_emit(self, graph, key: str, found: dict[str, list[str | None]], fallback: str,
+                       coverage: Coverage, out: list[tuple[onnx.NodeProto, str]]) -> None:
+        assigned = found[key]
+        for i, path in enumerate(assigned):
+            if path is None:
+                assigned[i] = fallback
+                if fallback == self.root_path:
+                    coverage.root_fallback += 1
+                else:
+                    coverage.inferred += 1
+        for i, (node, path) in enumerate(zip(graph.node, assigned)):
+            out.append((node, path))
+            for k, sub in enumerate(_subgraphs(node)):
+                self._fill_and_emit(sub, f"{key}{i}/{k}/", found, path, coverage, out)
+
+    def _scoped(self, nodes, coverage: Coverage) -> list[str | None]:
+        """What the exporter's scopes (settled by parameters and neighbours) say of each node."""
         contains = self.tree.contains
         assigned: list[str | None] = [None] * len(nodes)
         open_choices: dict[int, tuple[str, ...]] = {}  # node -> modules its scope can mean
@@ -237,23 +354,7 @@ class TaggingPass:
                 coverage.direct -= 1  # counted again below, as inferred or partial
         if open_choices:
             self._choose_by_neighbours(nodes, assigned, open_choices, coverage)
-        coverage.inferred += infer_from_neighbours(nodes, assigned, self.tree.common_ancestor)
-        for i, path in enumerate(assigned):
-            if path is None:
-                assigned[i] = fallback
-                if fallback == self.root_path:
-                    coverage.root_fallback += 1
-                else:
-                    coverage.inferred += 1
-
-        for node, path in zip(nodes, assigned):
-            out.append((node, path))
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    self._assign(attr.g, path, coverage, out)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        self._assign(sub, path, coverage, out)
+        return assigned
 
     def _choose_by_neighbours(self, nodes, assigned: list[str | None], open_choices: dict[int, tuple[str, ...]],
                               coverage: Coverage) -> None:
