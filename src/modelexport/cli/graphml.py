@@ -33,7 +33,7 @@ def run(args) -> int:
         raise ModelExportError(f"{args.path} holds {len(files)} ONNX files; pick one with --file "
                                f"({', '.join(f.name for f in files)})")
     f = files[0]
-    info = {row["module_path"]: row for row in (target.metadata or {}).get("modules", [])} or None
+    info = (target.metadata.modules_by_path() or None) if target.metadata else None
     out = Path(args.output)
     tmp = out.with_name(f".{out.name}.tmp")
     try:

@@ -10,6 +10,7 @@ import traceback
 
 from modelexport.cli import analyze as analyze_verb
 from modelexport.cli import compare as compare_verb
+from modelexport.cli import diff as diff_verb
 from modelexport.cli import export as export_verb
 from modelexport.cli import report as report_verb
 from modelexport.cli import transform as transform_verbs
@@ -19,7 +20,7 @@ from modelexport.cli import profile as profile_verb
 from modelexport.cli import validate as validate_verb
 from modelexport.cli import view as view_verb
 
-VERBS = (export_verb, analyze_verb, validate_verb, compare_verb, report_verb, graphml_verb, view_verb,
+VERBS = (export_verb, analyze_verb, validate_verb, compare_verb, diff_verb, report_verb, graphml_verb, view_verb,
          profile_verb, extract_verb, transform_verbs)
 
 

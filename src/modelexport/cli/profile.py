@@ -41,7 +41,7 @@ def run(args) -> int:
         config = json.loads((Path(target.folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         config = None
-    modules = (target.metadata or {}).get("modules")
+    modules = target.metadata.modules if target.metadata else None
     seq_len = args.seq_len
     if seq_len is None:
         limit = config.get("max_position_embeddings") if isinstance(config, dict) else None

@@ -62,3 +62,80 @@ def write_metadata(output_dir: Path, document: dict) -> Path:
     document = {"schema": "modelexport.metadata", "schema_version": SCHEMA_VERSION, **document}
     path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path
+
+
+class ExportMetadata:
+    """Typed reads of ``modelexport_metadata.json`` (written by ``write_metadata`` above): every
+    verb that reads the file goes through here, so its keys are spelled in one place."""
+
+    def __init__(self, raw: dict):
+        self.raw = raw
+
+    def _dict(self, key: str) -> dict:
+        value = self.raw.get(key)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def task(self) -> str | None:
+        return self.raw.get("task")
+
+    @property
+    def library(self) -> str | None:
+        return self.raw.get("library")
+
+    @property
+    def ort_model_class(self) -> str | None:
+        return self.raw.get("ort_model_class")
+
+    @property
+    def opset(self) -> int | None:
+        return self.raw.get("opset")
+
+    @property
+    def static_shapes(self) -> dict:
+        return self._dict("static_shapes")
+
+    @property
+    def source(self) -> dict:
+        return self._dict("source")
+
+    @property
+    def tool_versions(self) -> dict:
+        return self._dict("tool_versions")
+
+    @property
+    def files(self) -> dict[str, dict]:
+        return self._dict("files")
+
+    def file(self, name: str) -> dict | None:
+        entry = self.files.get(name)
+        return entry if isinstance(entry, dict) else None
+
+    @property
+    def modules(self) -> list[dict]:
+        rows = self.raw.get("modules")
+        return [r for r in rows if isinstance(r, dict) and "module_path" in r] if isinstance(rows, list) else []
+
+    def modules_by_path(self) -> dict[str, dict]:
+        return {row["module_path"]: row for row in self.modules}
+
+    @property
+    def artifacts(self) -> list[dict]:
+        rows = self.raw.get("artifacts")
+        return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def read_metadata(folder: Path) -> tuple[ExportMetadata | None, str | None]:
+    """The folder's metadata, or None and why not (absent, not JSON, not ours)."""
+    path = Path(folder) / METADATA_FILE
+    if not path.is_file():
+        return None, f"no {METADATA_FILE} in {folder}"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{path} is not valid JSON ({e})"
+    except OSError as e:
+        return None, f"cannot read {path}: {e.strerror or e}"
+    if not isinstance(data, dict) or data.get("schema") != "modelexport.metadata":
+        return None, f"{path} is not a modelexport metadata file"
+    return ExportMetadata(data), None

@@ -124,9 +124,9 @@ def _open_values(graph) -> list[str]:
 def measure_open_shapes(path: Path, config: dict | None = None) -> list[str]:
     """Fill the dimensions symbolic inference left open with those of one ONNX Runtime run."""
     import onnx
-    import onnxruntime as ort
 
     from modelexport.runtime.dummy_inputs import make_inputs
+    from modelexport.runtime.intermediates import session_exposing
 
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
@@ -134,21 +134,8 @@ def measure_open_shapes(path: Path, config: dict | None = None) -> list[str]:
     names = _open_values(graph)
     if not names:
         return []
-    graph_outputs = {o.name for o in graph.output}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in graph_outputs)
-    # Beside the original, so external weights resolve by the same relative paths.
-    probe_path = path.with_name(f".{path.stem}.shape-probe.onnx")
-    try:
-        onnx.save(probe, str(probe_path))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 4
-        session = ort.InferenceSession(str(probe_path), options, providers=["CPUExecutionProvider"])
+    with session_exposing(path, names) as session:
         values = session.run(names, make_inputs(session, config))
-    finally:
-        probe_path.unlink(missing_ok=True)
     shapes = {n: v.shape for n, v in zip(names, values) if hasattr(v, "shape")}
     types = {n: onnx.helper.np_dtype_to_tensor_dtype(v.dtype) for n, v in zip(names, values) if hasattr(v, "dtype")}
     entries = {v.name: v for v in list(graph.input) + list(graph.output) + list(graph.value_info)}

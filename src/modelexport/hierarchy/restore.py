@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from modelexport.hierarchy.module_tree import common_path_prefix
 from modelexport.hierarchy.neighbours import infer_from_neighbours
-from modelexport.hierarchy.tags import HIERARCHY_TAG_KEY, MODULE_PATH_KEY, NAMESPACE_KEY, iter_nodes, write_tag
+from modelexport.hierarchy.tags import iter_nodes, node_tag, write_tag
 
 _PASSIVE = ("ModuleList", "ModuleDict")
 
@@ -55,15 +55,15 @@ class ModuleIndex:
         self.parameter_readers: dict[str, list[str]] = {}  # initializer -> modules of the nodes reading it
         self.consumers: dict[str, list[tuple[str, tuple[str, ...]]]] = {}  # tensor -> (module, outputs)
         for node, _ in iter_nodes(original.graph):
-            props = {p.key: p.value for p in node.metadata_props}
-            path = props.get(MODULE_PATH_KEY)
+            tag = node_tag(node)
+            path = tag.module_path
             if path is None:
                 continue
-            self.tag.setdefault(path, props.get(HIERARCHY_TAG_KEY, ""))
-            if NAMESPACE_KEY in props:
-                self.namespace.setdefault(path, props[NAMESPACE_KEY])
+            self.tag.setdefault(path, tag.hierarchy_tag or "")
+            if tag.namespace is not None:
+                self.namespace.setdefault(path, tag.namespace)
             if node.name:
-                self.node_tags[node.name] = (path, props.get(HIERARCHY_TAG_KEY, ""))
+                self.node_tags[node.name] = (path, tag.hierarchy_tag or "")
             for name in node.output:
                 if name:
                     self.producer_module[name] = path
@@ -136,8 +136,7 @@ def restore_tags(original, rewritten, metadata_modules: list[dict] | None = None
                 node.name = name
                 used_names.add(name)
                 counts.renamed += 1
-            props = [(p.key, p.value) for p in node.metadata_props]
-            existing = next((v for k, v in props if k == MODULE_PATH_KEY), None)
+            existing = node_tag(node).module_path
             if existing is not None:
                 assigned.append(index.known(existing) if existing not in index.tag else existing)
                 counts.kept += 1

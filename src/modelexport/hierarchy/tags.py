@@ -25,6 +25,7 @@ class NodeTag:
     module_path: str | None  # None when the node carries no tag
     hierarchy_tag: str | None
     graph_path: str  # "" for the main graph, "If_0/then_branch" for a subgraph
+    namespace: str | None = None  # Model Explorer's layer path
 
 
 def iter_nodes(graph: onnx.GraphProto, graph_path: str = "") -> Iterator[tuple[onnx.NodeProto, str]]:
@@ -76,7 +77,7 @@ def node_tag(node: onnx.NodeProto, graph_path: str = "") -> NodeTag:
     props = {text(p.key): text(p.value) for p in node.metadata_props}
     return NodeTag(
         text(node.name), text(node.op_type), props.get(MODULE_PATH_KEY), props.get(HIERARCHY_TAG_KEY),
-        text(graph_path).rstrip("/")
+        text(graph_path).rstrip("/"), props.get(NAMESPACE_KEY)
     )
 
 

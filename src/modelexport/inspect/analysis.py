@@ -166,7 +166,7 @@ def analyze_model(name: str, model, module_info: dict[str, dict] | None = None) 
 def analyze_target(target) -> list[FileAnalysis]:
     info = None
     if target.metadata:
-        info = {row["module_path"]: row for row in target.metadata.get("modules", [])}
+        info = target.metadata.modules_by_path()
     return [analyze_model(f.name, f.model, info) for f in target.files]
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelexport.errors import ModelExportError
-from modelexport.exporter.metadata import METADATA_FILE
+from modelexport.exporter.metadata import METADATA_FILE, ExportMetadata, read_metadata
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Target:
     path: Path
     folder: Path  # the folder holding the files (the file's parent for a single file)
     files: list[OnnxFile]
-    metadata: dict | None = None
+    metadata: ExportMetadata | None = None
     metadata_problem: str | None = None  # why metadata is None, when a folder was given
     is_folder: bool = False
     notes: list[str] = field(default_factory=list)
@@ -47,19 +47,6 @@ def load_onnx(path: Path):
     return model
 
 
-def load_metadata(folder: Path) -> tuple[dict | None, str | None]:
-    path = folder / METADATA_FILE
-    if not path.is_file():
-        return None, f"no {METADATA_FILE} in {folder}"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, f"{path} is not valid JSON ({e})"
-    if not isinstance(data, dict) or data.get("schema") != "modelexport.metadata":
-        return None, f"{path} is not a modelexport metadata file"
-    return data, None
-
-
 def load_target(path) -> Target:
     path = Path(path)
     if not path.exists():
@@ -69,10 +56,10 @@ def load_target(path) -> Target:
         if not onnx_paths:
             raise ModelExportError(f"{path} holds no .onnx file")
         files = [OnnxFile(p.name, p, load_onnx(p)) for p in onnx_paths]
-        metadata, problem = load_metadata(path)
+        metadata, problem = read_metadata(path)
         return Target(path, path, files, metadata, problem, is_folder=True)
     model = load_onnx(path)
-    metadata, problem = load_metadata(path.parent)
-    if metadata is not None and path.name not in metadata.get("files", {}):
+    metadata, problem = read_metadata(path.parent)
+    if metadata is not None and metadata.file(path.name) is None:
         metadata, problem = None, f"{METADATA_FILE} beside {path.name} does not describe it"
     return Target(path, path.parent, [OnnxFile(path.name, path, model)], metadata, problem)

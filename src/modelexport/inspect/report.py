@@ -16,17 +16,17 @@ def md(text) -> str:
 
 
 def markdown_report(target, analyses: list[FileAnalysis], depth: int = 3, top: int = 10) -> str:
-    meta = target.metadata or {}
+    meta = target.metadata
     lines = [f"# modelexport report: {md(target.path.name)}", ""]
-    if meta:
-        source = meta.get("source", {})
-        versions = meta.get("tool_versions", {})
+    if meta is not None:
+        source = meta.source
+        versions = meta.tool_versions
         lines += [
             "| | |", "|---|---|",
             f"| model | {md(source.get('model'))} ({md(source.get('model_class'))}, {md(source.get('model_type'))}) |",
-            f"| task / library | {md(meta.get('task'))} / {md(meta.get('library'))} |",
-            f"| Optimum class | {md(meta.get('ort_model_class'))} |",
-            f"| opset | {md(meta.get('opset'))} |",
+            f"| task / library | {md(meta.task)} / {md(meta.library)} |",
+            f"| Optimum class | {md(meta.ort_model_class)} |",
+            f"| opset | {md(meta.opset)} |",
             "| versions | " + md(", ".join(f"{k} {v}" for k, v in versions.items() if v)) + " |",
             "",
         ]
@@ -36,7 +36,7 @@ def markdown_report(target, analyses: list[FileAnalysis], depth: int = 3, top: i
     lines += ["## Coverage", "", "| file | nodes | direct | inferred | root fallback | untagged | max abs diff vs PyTorch |",
               "|---|---|---|---|---|---|---|"]
     for a in analyses:
-        info = meta.get("files", {}).get(a.name, {})
+        info = (meta.file(a.name) if meta is not None else None) or {}
         cov = info.get("coverage", {})
         val = info.get("validation") or {}
         diff = f"{val['max_abs_diff']:.2e}" if "max_abs_diff" in val else "not validated"

@@ -34,7 +34,7 @@ def _checker(f) -> Check:
     return Check("onnx checker (full)", PASS, "", f.name)
 
 
-def _tags(f, meta: dict | None) -> list[Check]:
+def _tags(f, meta) -> list[Check]:
     from modelexport.hierarchy.fingerprint import graph_fingerprint
 
     tags = [node_tag(n, p) for n, p in iter_nodes(f.model.graph)]
@@ -46,7 +46,7 @@ def _tags(f, meta: dict | None) -> list[Check]:
         checks.append(Check("tags match modelexport_metadata.json", SKIP, "no metadata for this file", f.name))
         checks.append(Check("module paths exist in the module tree", SKIP, "no metadata for this file", f.name))
         return checks
-    file_meta = meta.get("files", {}).get(f.name)
+    file_meta = meta.file(f.name)
     if file_meta is None:
         checks.append(Check("tags match modelexport_metadata.json", FAIL, "file not listed in the metadata", f.name))
         return checks
@@ -57,7 +57,7 @@ def _tags(f, meta: dict | None) -> list[Check]:
     if expected_sha and graph_fingerprint(f.model.graph) != expected_sha:
         problems.append("graph structure differs from the exported one (file replaced or edited)")
     counts = Counter(t.module_path for t in tags if t.module_path is not None)
-    modules = {row["module_path"]: row for row in meta.get("modules", [])}
+    modules = meta.modules_by_path()
     for path, row in modules.items():
         want = row.get("nodes", {}).get(f.name, 0)
         if counts.get(path, 0) != want:
@@ -112,15 +112,15 @@ def _folder_checks(target, load_in_optimum: bool) -> list[Check]:
     except (OSError, ValueError) as e:
         checks.append(Check("config.json present and parseable", FAIL, f"{type(e).__name__}: {e}"[:300]))
     if meta:
-        missing = [name for a in meta.get("artifacts", []) if a.get("status") == "written"
+        missing = [name for a in meta.artifacts if a.get("status") == "written"
                    for name in a.get("files", []) if not (folder / name).is_file()]
         checks.append(Check("config and preprocessor files the export wrote are present", FAIL if missing else PASS,
                             f"missing: {', '.join(missing)}" if missing else ""))
-        missing_onnx = [name for name in meta.get("files", {}) if not (folder / name).is_file()]
+        missing_onnx = [name for name in meta.files if not (folder / name).is_file()]
         checks.append(Check("every ONNX file in the metadata is present", FAIL if missing_onnx else PASS,
                             f"missing: {', '.join(missing_onnx)}" if missing_onnx else ""))
         if load_in_optimum:
-            checks.append(_ort_model_loads(folder, meta.get("ort_model_class")))
+            checks.append(_ort_model_loads(folder, meta.ort_model_class))
         else:  # Optimum brings torch and transformers: seconds of imports that --no-run promises to skip
             checks.append(Check("Optimum ORTModel class loads the folder", SKIP, "not run (--no-run)"))
     return checks

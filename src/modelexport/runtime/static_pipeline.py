@@ -7,7 +7,6 @@ the folder's own preprocessors and returns one result per input.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -20,21 +19,22 @@ class StaticShapePipeline:
     def __init__(self, folder):
         import optimum.onnxruntime as ortm
 
+        from modelexport.exporter.metadata import read_metadata
+
         self.folder = Path(folder)
-        try:
-            meta = json.loads((self.folder / "modelexport_metadata.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ModelExportError(f"{folder}: no readable modelexport_metadata.json ({e})") from e
-        self.shapes = meta.get("static_shapes") or {}
+        meta, problem = read_metadata(self.folder)
+        if meta is None:
+            raise ModelExportError(f"{folder}: {problem}")
+        self.shapes = meta.static_shapes
         if not self.shapes:
             raise ModelExportError(f"{folder} was not exported with --static-shapes; use its ORTModel class directly")
-        self.task = meta["task"]
+        self.task = meta.task
         if self.task not in _TEXT_TASKS and not self.task.startswith(("image", "audio")) \
                 and self.task != "automatic-speech-recognition":
             raise ModelExportError(f"load_pipeline does not handle task {self.task!r}: it runs classifiers, "
                                    "token/QA/fill-mask heads and embedding models (feature-extraction)")
         self.batch_size = self.shapes.get("batch_size", 1)
-        self.model = getattr(ortm, meta["ort_model_class"]).from_pretrained(self.folder)
+        self.model = getattr(ortm, meta.ort_model_class).from_pretrained(self.folder)
         self.config = self.model.config
 
     # -- preprocessing to the fixed shapes ----------------------------------------------------

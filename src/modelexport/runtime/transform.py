@@ -56,7 +56,11 @@ def _write_metadata(src: Path, staging: Path, step: dict, files: dict[str, objec
     returns each file's restore counts as dicts."""
     from modelexport.exporter.metadata import node_totals
 
-    meta = json.loads((src / METADATA_FILE).read_text(encoding="utf-8")) if (src / METADATA_FILE).is_file() else {
+    from modelexport.exporter.metadata import read_metadata
+
+    source_meta, _ = read_metadata(src)
+    # The source's document, extended: a transform is recorded in the file it started from.
+    meta = dict(source_meta.raw) if source_meta is not None else {
         "schema": "modelexport.metadata", "schema_version": 1, "modules": []}
     meta.setdefault("transforms", []).append(step)
     by_file = {name: counts.by_module for name, counts in files.items()}
@@ -153,10 +157,7 @@ def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = Fa
 
 
 def _modules(src: Path):
-    path = src / METADATA_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("modules")
-    except ValueError:
-        return None
+    from modelexport.exporter.metadata import read_metadata
+
+    meta, _ = read_metadata(src)
+    return meta.modules if meta is not None else None

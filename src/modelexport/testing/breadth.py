@@ -95,30 +95,32 @@ def choose_task(tasks: list[str]) -> str:
     return sorted(tasks)[0]
 
 
-def shrink_config(config, depth: int = 0) -> None:
-    """Make a default config tiny, in place (and its nested configs)."""
+def shrink_config(values: dict, depth: int = 0) -> dict:
+    """A default config's dict made tiny (nested configs too). Derived fields (a backbone's stage
+    names and out features) are dropped, so the config class recomputes them for the new depth."""
+    values = dict(values)
     if depth > 3:
-        return
+        return values
     for name, value in _SMALL.items():
-        current = getattr(config, name, None)
+        current = values.get(name)
         if isinstance(current, int) and not isinstance(current, bool) and current > value:
-            setattr(config, name, value)
+            values[name] = value
     for name, count in _LIST_SHRINK.items():
-        current = getattr(config, name, None)
+        current = values.get(name)
         if isinstance(current, (list, tuple)) and current:
-            setattr(config, name, [count] * len(current))
-    sizes = getattr(config, "hidden_sizes", None)
-    if isinstance(sizes, (list, tuple)) and sizes and all(isinstance(s, int) for s in sizes):
-        config.hidden_sizes = [8 * 2 ** i for i in range(len(sizes))]
-    for name in ("layer_types",):  # per-layer lists must follow the new depth
-        current = getattr(config, name, None)
-        layers = getattr(config, "num_hidden_layers", None)
-        if isinstance(current, list) and isinstance(layers, int):
-            setattr(config, name, current[:layers])
+            values[name] = [count] * len(current)
+    sizes = values.get("hidden_sizes")
+    if isinstance(sizes, (list, tuple)) and sizes and all(isinstance(v, int) for v in sizes):
+        values["hidden_sizes"] = [8 * 2 ** i for i in range(len(sizes))]
+    layers = values.get("num_hidden_layers")
+    if isinstance(values.get("layer_types"), list) and isinstance(layers, int):
+        values["layer_types"] = values["layer_types"][:layers]
+    for derived in ("stage_names", "out_features", "out_indices", "_out_features", "_out_indices"):
+        values.pop(derived, None)
     for name in _NESTED:
-        sub = getattr(config, name, None)
-        if sub is not None and hasattr(sub, "to_dict"):
-            shrink_config(sub, depth + 1)
+        if isinstance(values.get(name), dict):
+            values[name] = shrink_config(values[name], depth + 1)
+    return values
 
 
 def _value_key(array) -> tuple:
@@ -184,8 +186,9 @@ def build_tiny(model_type: str, task: str, folder: Path):
     from optimum.exporters.tasks import TasksManager
     from transformers import AutoConfig
 
-    config = AutoConfig.for_model(model_type)
-    shrink_config(config)
+    defaults = AutoConfig.for_model(model_type).to_dict()
+    values = shrink_config({k: v for k, v in defaults.items() if k not in ("model_type", "transformers_version")})
+    config = AutoConfig.for_model(model_type, **values)
     if getattr(config, "pad_token_id", None) is None and task == "text-classification":
         config.pad_token_id = 0
     base_task = task.replace("-with-past", "")
