@@ -13,6 +13,7 @@ from modelexport.cli import compare as compare_verb
 from modelexport.cli import diff as diff_verb
 from modelexport.cli import export as export_verb
 from modelexport.cli import report as report_verb
+from modelexport.cli import sensitivity as sensitivity_verb
 from modelexport.cli import transform as transform_verbs
 from modelexport.cli import extract as extract_verb
 from modelexport.cli import graphml as graphml_verb
@@ -21,7 +22,7 @@ from modelexport.cli import validate as validate_verb
 from modelexport.cli import view as view_verb
 
 VERBS = (export_verb, analyze_verb, validate_verb, compare_verb, diff_verb, report_verb, graphml_verb, view_verb,
-         profile_verb, extract_verb, transform_verbs)
+         profile_verb, extract_verb, transform_verbs, sensitivity_verb)
 
 
 class _Parser(argparse.ArgumentParser):

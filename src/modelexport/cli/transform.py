@@ -23,6 +23,16 @@ def register(sub) -> None:
                    help="keep the nodes of these modules (and their descendants) in float, e.g. "
                    "'0.model.encoder.layer.5' or '*.attention.*'")
     q.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    q.add_argument("--target-cosine", type=float, default=None, metavar="C",
+                   help="keep the fewest modules in float (most sensitive first) until the end outputs' cosine "
+                   "with the float folder is at least C on the given inputs")
+    q.add_argument("--max-abs-error", type=float, default=None, metavar="X",
+                   help="as --target-cosine, for max |float - quantized| of the end outputs")
+    from modelexport.cli import args as shared
+    from modelexport.cli.sensitivity import add_candidates
+
+    add_candidates(q)
+    shared.add_model_inputs(q)
     q.set_defaults(run=run_quantize)
 
 
@@ -46,5 +56,40 @@ def run_optimize(args) -> int:
 def run_quantize(args) -> int:
     from modelexport.runtime.transform import quantize_folder
 
-    _summary(quantize_folder(args.path, args.output, args.exclude_modules, args.force), "quantized")
+    if args.target_cosine is None and args.max_abs_error is None:
+        _summary(quantize_folder(args.path, args.output, args.exclude_modules, args.force), "quantized")
+        return 0
+    return _quantize_to_target(args)
+
+
+def _quantize_to_target(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from modelexport.cli.sensitivity import feeds_by_file
+    from modelexport.errors import ModelExportError
+    from modelexport.runtime.sensitivity import candidate_modules, modules_with_nodes, quantize_to_target
+
+    if args.exclude_modules:
+        raise ModelExportError("--exclude-modules and an accuracy target do not go together: the target decides")
+    if args.target_cosine is not None and not -1.0 <= args.target_cosine <= 1.0:
+        raise ModelExportError("--target-cosine must be between -1 and 1")
+    target, feeds, what = feeds_by_file(args.path, args)
+    candidates = candidate_modules(target.metadata.modules, args.depth, args.modules)
+
+    def progress(i, n, module):
+        print(f"[{i + 1}/{n}] sensitivity of {module}", file=sys.stderr, flush=True)
+
+    result = quantize_to_target(Path(args.path), Path(args.output), candidates, feeds, args.target_cosine,
+                                args.max_abs_error, args.force, progress, modules_with_nodes(target.metadata.modules))
+    acc, full = result.accuracy, result.fully_quantized
+    print(f"measured on {what}")
+    print(f"kept in float: {', '.join(result.kept_float) if result.kept_float else 'nothing (full int8 meets it)'}")
+    print(f"cosine min/mean {acc.cosine_min:.5f}/{acc.cosine_mean:.5f}, max abs {acc.max_abs:.3g} "
+          f"(fully quantized: {full.cosine_min:.5f}/{full.cosine_mean:.5f}, {full.max_abs:.3g})")
+    sizes, lat = result.sizes, result.latency_ms
+    print(f"size {sizes['result'] / 2**20:.1f} MiB (float {sizes['float'] / 2**20:.1f}, fully quantized "
+          f"{sizes['fully_quantized'] / 2**20:.1f}); ORT latency {lat['result']:.2f} ms (float {lat['float']:.2f}, "
+          f"fully quantized {lat['fully_quantized']:.2f})")
+    print(f"wrote {args.output}")
     return 0
