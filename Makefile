@@ -11,7 +11,7 @@ TORCH_PIN := torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test bench env clean
+.PHONY: demo test bench env clean browser
 
 env: $(VENV)/.installed
 
@@ -24,8 +24,15 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) examples/minilm_demo.py demo-output/all-MiniLM-L6-v2
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest
+
+# The HTML report tests open pages in Debian's headless Chromium; installed here when missing
+# and this is a Debian machine where we may (root). Elsewhere those tests say what to install.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
+		echo "note: chromium is not installed; the HTML report tests will fail (apt-get install chromium)"
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test,bench]" "$(TORCH_PIN)"

@@ -15,6 +15,9 @@ def register(sub) -> None:
     shared.add_model_inputs(p)
     shared.add_tree_selection(p)
     p.add_argument("--top", type=int, default=None, metavar="N", help="only the N modules adding the most error")
+    p.add_argument("--overlay", default=None, metavar="FILE.json",
+                   help="also write Model Explorer node data of A (each node: the error its module adds) for "
+                   "`modelexport view A --overlay FILE.json`")
     shared.add_format(p, choices=("table", "json"), default="table")
     p.set_defaults(run=run)
 
@@ -42,6 +45,16 @@ def run(args) -> int:
     for fa, fb in pairs:
         feeds, sources[fa.name] = feeds_for(target_a, fa, args)
         files[fa.name] = diff_files(fa.path, fb.path, feeds)
+    if args.overlay:
+        import sys
+        from pathlib import Path
+
+        from modelexport.runtime.overlay import write_overlays
+
+        per_file = {fa.name: (fa.model, {m.module_path: m.added_rel_l2 for m in files[fa.name].modules
+                                         if m.added_rel_l2 is not None}) for fa, _ in pairs}
+        for written in write_overlays(Path(args.overlay), per_file, "relative L2 error added by the module"):
+            print(f"wrote {written}", file=sys.stderr)
     for result in files.values():
         rows = result.modules
         if args.depth is not None:

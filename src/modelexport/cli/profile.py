@@ -19,6 +19,9 @@ def register(sub) -> None:
                    help="ONNX Runtime graph optimization level (default all); fused nodes are mapped back")
     p.add_argument("--depth", type=int, default=None, help="fold modules deeper than this into their ancestors")
     p.add_argument("--trace", default=None, help="also write a speedscope flame graph (JSON) here")
+    p.add_argument("--overlay", default=None, metavar="FILE.json",
+                   help="also write Model Explorer node data (each node: its module's self time, ms) for "
+                   "`modelexport view PATH --overlay FILE.json`")
     shared.add_format(p)
     p.set_defaults(run=run)
 
@@ -68,6 +71,16 @@ def run(args) -> int:
             raise ModelExportError(f"ONNX Runtime could not run {f.name}: {str(e).strip()[:300]}") from e
     if args.trace:
         Path(args.trace).write_text(json.dumps(speedscope(profiles)), encoding="utf-8")
+    if args.overlay:
+        from modelexport.runtime.overlay import write_overlays
+
+        models = {f.name: f.model for f in target.files}
+        per_file = {p.file: (models[p.file], {m["module_path"]: m["self_ms"] for m in p.as_dict()["modules"]
+                                              if m["module_path"] is not None}) for p in profiles}
+        for written in write_overlays(Path(args.overlay), per_file, "self time per module (ms)"):
+            import sys
+
+            print(f"wrote {written}", file=sys.stderr)
     if args.format == "json":
         # One shape whatever the number of files: {"files": {FILE: profile}}.
         print(json.dumps({"schema": "modelexport.profile", "schema_version": 2, "path": str(target.path),

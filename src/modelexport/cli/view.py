@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=None,
                    help="local port for Model Explorer (default: a free port); it listens on 127.0.0.1 only")
     p.add_argument("--no-browser", action="store_true", help="start the server without opening a browser")
+    p.add_argument("--overlay", action="append", default=[], metavar="FILE.json",
+                   help="node data to colour the graph with (from `profile --overlay` or `diff --overlay`); "
+                   "repeatable")
     p.set_defaults(run=run)
 
 
@@ -60,6 +63,10 @@ def run(args) -> int:
     # a viewer of local files has no business on the network.
     me_server._check_new_version = lambda print_msg=True: None
     config = model_explorer.config().add_model_from_path(str(path.resolve()))
+    for overlay in args.overlay:
+        if not Path(overlay).is_file():
+            raise ModelExportError(f"no such overlay file: {overlay}")
+        config.add_node_data_from_path(str(Path(overlay).resolve()))
     model_explorer.visualize_from_config(config=config, host=HOST, port=port, extensions=["model_explorer_onnx"],
                                          no_open_in_browser=args.no_browser)
     return 0
