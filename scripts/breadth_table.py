@@ -105,8 +105,20 @@ def write_markdown(rows: list[dict], path: Path, seconds: float) -> None:
              else row.get("ort_load", "—")) if ok else "—")) + " |")
     wrong = [(r["model_type"], v) for r in rows for v in r.get("oracle_violations", [])[:3]]
     if wrong:
-        lines += ["", "## Parameter-oracle violations (first three per type)", ""]
+        lines += ["", "## Parameter-oracle violations (first three per type)", "",
+                  "Where the tag is an ancestor of the parameter's owner, the parent module reads its child's weights "
+                  "itself (`F.multi_head_attention_forward(..., self.q_proj.weight)`, `x + self.embed_positions.weight`) "
+                  "and the child is never called. The tag names the module that ran the node; when the initializer "
+                  "keeps the parameter's name, the tagging pass moves the node to the owner (counted as direct, by "
+                  "parameters), but the exporter renames transposed and folded weights (`onnx::MatMul_800`) and the "
+                  "pass, which reads no weight values, cannot see whose they are.", ""]
         lines += [f"- `{cell(t)}`: {cell(v)}" for t, v in wrong]
+    failed_validation = [r["model_type"] for r in rows if r.get("validation_passed") is False]
+    if failed_validation:
+        lines += ["", "## Above Optimum's tolerance", "",
+                  "Validation above the tolerance (✗) is a warning, as in Optimum. The Optimum column shows whether "
+                  "Optimum's own validation of its own export warns too (`ok, validation: ...`): " +
+                  ", ".join(f"`{cell(t)}`" for t in failed_validation) + "."]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -201,3 +201,25 @@ def test_deduplicated_parameter_identity_belongs_to_the_parameter_it_outputs():
                     helper.make_node("Add", ["x", "fc_1.weight"], ["y"], name="/fc_1/Add")])
     result = TaggingPass(tree)(model)
     assert read_tags(model)[0].module_path == "fc_1" and result.coverage.direct == 2
+
+
+class Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q_proj = torch.nn.Linear(2, 2)
+
+
+class Holder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = Attention()
+
+
+def test_a_parent_reading_its_childs_parameter_tags_the_child():
+    """``F.linear(x, self.q_proj.weight)`` inside attn: the scope is attn, the computation q_proj's."""
+    tree = ModuleTree.from_module(Holder())
+    model = _graph([helper.make_node("Add", ["x", "attn.q_proj.bias"], ["a"], name="/attn/Add"),
+                    helper.make_node("Relu", ["a"], ["y"], name="/attn/Relu")])
+    result = TaggingPass(tree)(model)
+    assert [t.module_path for t in read_tags(model)] == ["attn.q_proj", "attn"]
+    assert result.coverage.by_parameters == 1

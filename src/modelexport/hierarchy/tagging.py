@@ -339,7 +339,7 @@ class TaggingPass:
             if not resolution.complete:
                 coverage.partial_scope += 1
             if not resolution.ambiguous:
-                assigned[i] = resolution.candidates[0]
+                assigned[i] = self._refine_by_parameters(node, resolution.candidates[0], coverage)
                 continue
             if evidence is None:
                 evidence = self._scope_evidence(nodes)
@@ -355,6 +355,20 @@ class TaggingPass:
         if open_choices:
             self._choose_by_neighbours(nodes, assigned, open_choices, coverage)
         return assigned
+
+    def _refine_by_parameters(self, node, path: str, coverage: Coverage) -> str:
+        """A module that reads a child's parameters itself (``F.linear(x, self.q_proj.weight)``,
+        ``x + self.embed_positions.weight``) runs nodes whose scope is the parent, though they do
+        the child's computation; the child, never called, would have no node at all. When every
+        parameter a node reads belongs to one module below the scope's, the node gets that module."""
+        owners = {o for o in (self.resolver.owner_of(x) for x in node.input if x) if o is not None}
+        if not owners:
+            return path
+        deepest = self.tree.common_ancestor(owners)
+        if deepest != path and self.tree.contains(path, deepest):
+            coverage.by_parameters += 1
+            return deepest
+        return path
 
     def _choose_by_neighbours(self, nodes, assigned: list[str | None], open_choices: dict[int, tuple[str, ...]],
                               coverage: Coverage) -> None:

@@ -1,8 +1,9 @@
 """``report --html``: one self-contained HTML file to look at the model by module.
 
 Everything is inline (no network, no CDN): the data as JSON in a ``<script type="application/json">``
-block, the page's script and style. The script inserts every name from the model with
-``textContent``, never as markup, so a module called ``<script>`` shows as text. Per file (one
+block, the page's script and style. The script inserts every name from the model as text
+(``textContent``, or HTML-escaped in the one string the tree rows are built from), never as
+markup, so a module called ``<script>`` shows as text. Per file (one
 tab each): a collapsible, searchable module tree with the numbers of ``analyze --format json``,
 and an icicle of the hierarchy sized by parameters or nodes. With ``--profile`` (from
 ``profile --format json``) and ``--diff`` (from ``diff --format json``) time and error become
@@ -26,8 +27,10 @@ input[type=search]{width:320px;padding:3px 6px}
 font-size:11px;padding:1px 3px;color:#1b1f24;cursor:default}
 #tip{position:fixed;pointer-events:none;background:#1b1f24;color:#fff;padding:6px 8px;border-radius:4px;
 font-size:12px;display:none;max-width:520px;z-index:9;white-space:pre-wrap}
-table{border-collapse:collapse;width:100%} th,td{text-align:right;padding:2px 8px;border-bottom:1px solid #eaeef2}
-th:first-child,td:first-child{text-align:left} td.ops{text-align:left;color:#57606a}
+table{border-collapse:collapse;width:100%;table-layout:fixed}
+th,td{text-align:right;padding:2px 8px;border-bottom:1px solid #eaeef2;overflow-wrap:anywhere}
+th:nth-child(1){width:34%} th:nth-child(2){width:12%} th:nth-child(7){width:16%}
+th:first-child,td:first-child,td:nth-child(2){text-align:left} td.ops{text-align:left;color:#57606a}
 tr.hide{display:none} .tog{cursor:pointer;display:inline-block;width:14px;color:#57606a}
 .path{font-family:ui-monospace,monospace}
 """
@@ -73,47 +76,73 @@ function icicle(file) {
   }
   if (byPath['']) place(byPath[''], 0, W);
 }
+const esc = v => String(v).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&#39;');
 function tree(file) {
-  const body = document.getElementById('rows'); body.textContent = '';
+  // One HTML string for all rows, every model-provided text through esc(): thousands of rows
+  // render in one parse instead of tens of thousands of createElement calls.
+  const body = document.getElementById('rows');
   const head = document.getElementById('head'); head.textContent = '';
   const cols = ['module', 'class', 'nodes own', 'nodes total', 'parameters', 'bytes', 'top op types'];
   if (file.has_time) cols.push('time ms', 'time %');
   if (file.has_error) cols.push('rel L2', 'added rel L2');
   cols.forEach(c => head.appendChild(el('th', {}, c)));
+  const num = (v, f) => v === undefined || v === null ? '' : f(v);
+  const parts = [];
   file.modules.forEach(m => {
-    const tr = el('tr', {'data-path': m.module_path, 'data-depth': m.depth});
-    const first = el('td', {class: 'path'}); first.style.paddingLeft = (4 + 14 * m.depth) + 'px';
-    const tog = el('span', {class: 'tog'}, m.children.length ? '▾' : ''); first.appendChild(tog);
-    first.appendChild(document.createTextNode(m.module_path || '(root)')); tr.appendChild(first);
-    tr.appendChild(el('td', {}, m.class || ''));
-    [m.nodes_own, m.nodes_total, fmt(m.parameters_total), fmt(m.parameter_bytes_total)].forEach(v => tr.appendChild(el('td', {}, String(v))));
-    tr.appendChild(el('td', {class: 'ops'}, Object.entries(m.ops_total).slice(0, 3).map(([k, v]) => k + '×' + v).join(', ')));
-    if (file.has_time) { tr.appendChild(el('td', {}, m.time_ms === undefined ? '' : m.time_ms.toFixed(3)));
-      tr.appendChild(el('td', {}, m.time_share === undefined ? '' : m.time_share.toFixed(1))); }
-    if (file.has_error) { tr.appendChild(el('td', {}, m.rel_l2 === undefined || m.rel_l2 === null ? '' : m.rel_l2.toPrecision(3)));
-      tr.appendChild(el('td', {}, m.added_rel_l2 === undefined || m.added_rel_l2 === null ? '' : m.added_rel_l2.toPrecision(3))); }
-    tog.addEventListener('click', () => { const closed = tog.textContent === '▾'; tog.textContent = closed ? '▸' : '▾';
-      body.querySelectorAll('tr').forEach(r => { const p = r.getAttribute('data-path');
-        if (p.startsWith(m.module_path ? m.module_path + '.' : '') && p !== m.module_path) r.classList.toggle('hide', closed); }); });
-    body.appendChild(tr);
+    let row = '<tr data-path="' + esc(m.module_path) + '"><td class="path" style="padding-left:' + (4 + 14 * m.depth) +
+      'px"><span class="tog">' + (m.children.length ? (expanded.has(m.module_path) ? '▾' : '▸') : '') + '</span>' +
+      esc(m.module_path || '(root)') + '</td>' +
+      '<td>' + esc(m.class || '') + '</td><td>' + m.nodes_own + '</td><td>' + m.nodes_total + '</td><td>' +
+      fmt(m.parameters_total) + '</td><td>' + fmt(m.parameter_bytes_total) + '</td><td class="ops">' +
+      esc(Object.entries(m.ops_total).slice(0, 3).map(([k, v]) => k + '×' + v).join(', ')) + '</td>';
+    if (file.has_time) row += '<td>' + num(m.time_ms, v => v.toFixed(3)) + '</td><td>' + num(m.time_share, v => v.toFixed(1)) + '</td>';
+    if (file.has_error) row += '<td>' + num(m.rel_l2, v => v.toPrecision(3)) + '</td><td>' + num(m.added_rel_l2, v => v.toPrecision(3)) + '</td>';
+    parts.push(row + '</tr>');
   });
+  body.innerHTML = parts.join('');
+  refresh();
 }
-function filter(text) {
-  const q = text.trim().toLowerCase();
-  document.querySelectorAll('#rows tr').forEach(r => {
-    const p = r.getAttribute('data-path'); r.classList.toggle('hide', q !== '' && !p.toLowerCase().includes(q)); });
+// Thousands of visible rows cost seconds of layout: the tree opens collapsed below the depth at
+// which about 600 rows show, and each click opens one level.
+const MAX_OPEN_ROWS = 600;
+let expanded = new Set();
+function initialExpansion(file) {
+  const perDepth = {}; file.modules.forEach(m => perDepth[m.depth] = (perDepth[m.depth] || 0) + 1);
+  let shown = 0, depth = 0;
+  // open every level whose rows still fit; the root is always open
+  for (; perDepth[depth + 1] !== undefined && shown + perDepth[depth + 1] <= MAX_OPEN_ROWS; depth++) shown += perDepth[depth + 1];
+  expanded = new Set(file.modules.filter(m => (m.depth < depth || m.depth === 0) && m.children.length).map(m => m.module_path));
+}
+function refresh() {
+  const q = document.getElementById('search').value.trim().toLowerCase();
+  const visible = {}, rows = document.querySelectorAll('#rows tr');
+  current.modules.forEach((m, i) => {
+    const parentOk = m.parent === null || m.parent === undefined ? true : (visible[m.parent] && expanded.has(m.parent));
+    visible[m.module_path] = parentOk;
+    const show = q ? m.module_path.toLowerCase().includes(q) : parentOk;
+    rows[i].classList.toggle('hide', !show);
+  });
   document.querySelectorAll('#icicle .blk').forEach(b => b.style.opacity = (q === '' || b.getAttribute('data-path').toLowerCase().includes(q)) ? 1 : 0.25);
 }
+document.getElementById('rows').addEventListener('click', ev => {
+  const tog = ev.target.closest('.tog'); if (!tog || !tog.textContent) return;
+  const path = tog.closest('tr').getAttribute('data-path');
+  if (expanded.has(path)) { expanded.delete(path); tog.textContent = '▸'; } else { expanded.add(path); tog.textContent = '▾'; }
+  refresh();
+});
+const timings = {};
+function timed(name, f) { const t = performance.now(); f(); timings[name] = (timings[name] || 0) + performance.now() - t; }
 function show(index) {
   current = data.files[index];
   document.querySelectorAll('.tabs button').forEach((b, i) => b.classList.toggle('on', i === index));
-  tree(current); icicle(current); filter(document.getElementById('search').value);
+  initialExpansion(current);
+  timed('tree', () => tree(current)); timed('icicle', () => icicle(current));
 }
 document.getElementById('title').textContent = data.title;
 document.getElementById('subtitle').textContent = data.subtitle;
 const tabs = document.getElementById('tabs');
 data.files.forEach((f, i) => { const b = el('button', {type: 'button'}, f.name); b.addEventListener('click', () => show(i)); tabs.appendChild(b); });
-document.getElementById('search').addEventListener('input', ev => filter(ev.target.value));
+document.getElementById('search').addEventListener('input', () => refresh());
 document.getElementById('size').addEventListener('change', ev => { sizeBy = ev.target.value; icicle(current); });
 const colourSelect = document.getElementById('colour');
 if (!data.files.some(f => f.has_time)) colourSelect.querySelector('[value=time]').disabled = true;
@@ -122,7 +151,9 @@ colourSelect.addEventListener('change', ev => { colorBy = ev.target.value; icicl
 if (data.files.some(f => f.has_time)) { colorBy = 'time'; colourSelect.value = 'time'; }
 else if (data.files.some(f => f.has_error)) { colorBy = 'error'; colourSelect.value = 'error'; }
 show(0);
+document.body.offsetHeight;  // layout now, so the time below includes it
 document.body.setAttribute('data-render-ms', (performance.now() - t0).toFixed(1));
+document.body.setAttribute('data-render-parts', JSON.stringify(timings));
 })();
 """
 

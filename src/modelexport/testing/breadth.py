@@ -110,13 +110,21 @@ def shrink_config(values: dict, depth: int = 0) -> dict:
         if isinstance(current, (list, tuple)) and current:
             values[name] = [count] * len(current)
     sizes = values.get("hidden_sizes")
-    if isinstance(sizes, (list, tuple)) and sizes and all(isinstance(v, int) for v in sizes):
+    # HGNetV2 (D-FINE's backbone) takes its channels from stage_*_channels, which must agree
+    if isinstance(sizes, (list, tuple)) and sizes and all(isinstance(v, int) for v in sizes) \
+            and "stage_out_channels" not in values:
         values["hidden_sizes"] = [8 * 2 ** i for i in range(len(sizes))]
     layers = values.get("num_hidden_layers")
     if isinstance(values.get("layer_types"), list) and isinstance(layers, int):
         values["layer_types"] = values["layer_types"][:layers]
+    # A backbone's stage names and out features follow from its depth: dropped, so the config
+    # recomputes them; the stages it outputs (out_indices) are kept, clipped to the new depth.
+    stages = len(values.get("depths") or []) or values.get("num_hidden_layers")
+    indices = values.get("out_indices", values.get("_out_indices"))
     for derived in ("stage_names", "out_features", "out_indices", "_out_features", "_out_indices"):
         values.pop(derived, None)
+    if isinstance(indices, (list, tuple)) and indices and isinstance(stages, int) and stages > 0:
+        values["out_indices"] = sorted({min(int(i), stages) for i in indices})
     for name in _NESTED:
         if isinstance(values.get(name), dict):
             values[name] = shrink_config(values[name], depth + 1)
@@ -171,12 +179,16 @@ def oracle_violations(onnx_path: Path, owners: dict[tuple, str],
     checked, bad = 0, []
     for node, graph_path in iter_nodes(model.graph):
         tag = node_tag(node, graph_path).module_path
+        read = {owner_of[x] for x in node.input if x in owner_of}
         for name in node.input:
             owner = owner_of.get(name)
             if owner is None:
                 continue
             checked += 1
-            if tag is None or not (ModuleTree.contains(owner, tag) or folded(node, owner, tag)):
+            # A module applying itself to another's parameter (SEW-D: LayerNorm(rel_embeddings.weight))
+            # is tagged with itself: its own parameters are read by the same node.
+            applies = tag in read and tag != owner
+            if tag is None or not (ModuleTree.contains(owner, tag) or folded(node, owner, tag) or applies):
                 bad.append(f"{onnx_path.name}:{node.name} reads {name}: tagged {tag!r}, owner {owner!r}")
     return checked, bad
 
