@@ -50,6 +50,9 @@ def main() -> int:
     for i, sentence in enumerate(SENTENCES[1:], start=1):
         print(f"  {onnx_sim[0, i]:+.5f}  {torch_sim[0, i]:+.5f}  {sentence}")
     print(f"max |embedding difference| = {np.abs(onnx_emb - torch_emb).max():.2e}")
+    st_onnx = SentenceTransformer(str(out), backend="onnx", device="cpu").encode(SENTENCES)
+    print(f"same folder in SentenceTransformer(..., backend='onnx'): max |embedding difference| = "
+          f"{np.abs(st_onnx - torch_emb).max():.2e}")
 
     meta = json.loads((out / "modelexport_metadata.json").read_text())
     print("\nTop of the module tree (module path, hierarchy tag, parameters, ONNX nodes incl. descendants):")

@@ -11,6 +11,7 @@ from modelexport.errors import ModelExportError
 from modelexport.exporter.static_shapes import is_fully_static, parse_static_shapes
 from modelexport.hierarchy.tags import read_tags
 from modelexport.testing.tiny_models import BY_NAME
+from onnx_checks import symbolic_dims
 
 TEXTS = ["hello world", "the cat runs fast!",
          "a tiny test sentence about onnx graphs and modules and layers of a model that goes on and on",
@@ -20,6 +21,7 @@ TEXTS = ["hello world", "the cat runs fast!",
 def _static_checks(out, expected_inputs: dict):
     path = out / "model.onnx"
     assert is_fully_static(path) == []  # inputs, outputs and every inferred value
+    assert symbolic_dims(path) == []  # the same, counted independently of static_shapes.py
     import onnx
 
     model = onnx.load(path, load_external_data=False)

@@ -9,6 +9,22 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 
+def tensor_index(nodes: Sequence, produced: set[str], consumed: set[str]
+                 ) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Which node produces each tensor of ``produced``, which nodes read each of ``consumed``.
+    Only the tensors asked for are indexed: whole-graph maps cost more than the inference."""
+    producer: dict[str, int] = {}
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.output:
+            if name in produced:
+                producer[name] = i
+        for name in node.input:
+            if name in consumed:
+                consumers.setdefault(name, []).append(i)
+    return producer, consumers
+
+
 def infer_from_neighbours(nodes: Sequence, assigned: list[str | None],
                           common: Callable[[list[str]], str]) -> int:
     """Fill ``assigned[i] is None`` entries in place; returns how many were filled."""
@@ -17,17 +33,8 @@ def infer_from_neighbours(nodes: Sequence, assigned: list[str | None],
         return 0
     # Index only the tensors the unknown nodes touch: whole-graph maps of every tensor cost
     # more (and grow worse than linearly, from cache misses) than the inference itself.
-    wanted_consumers = {name for i in unknown for name in nodes[i].output if name}
-    wanted_producers = {name for i in unknown for name in nodes[i].input if name}
-    producer: dict[str, int] = {}
-    consumers: dict[str, list[int]] = {}
-    for i, node in enumerate(nodes):
-        for name in node.output:
-            if name in wanted_producers:
-                producer[name] = i
-        for name in node.input:
-            if name in wanted_consumers:
-                consumers.setdefault(name, []).append(i)
+    producer, consumers = tensor_index(nodes, {name for i in unknown for name in nodes[i].input if name},
+                                       {name for i in unknown for name in nodes[i].output if name})
     filled = 0
     for i in reversed(unknown):
         found = [assigned[c] for name in nodes[i].output for c in consumers.get(name, ()) if assigned[c] is not None]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from modelexport.hierarchy.module_tree import common_path_prefix
-from modelexport.hierarchy.neighbours import infer_from_neighbours
+from modelexport.hierarchy.neighbours import infer_from_neighbours, tensor_index
 from modelexport.hierarchy.tags import iter_nodes, node_tag, write_tag
 
 _PASSIVE = ("ModuleList", "ModuleDict")
@@ -180,15 +180,7 @@ def _between_neighbours(nodes, assigned: list[str | None], which: list[int], com
     sits between the nodes that feed it and those it feeds: the deepest module holding both
     sides (GPT-2's ``h.0.mlp`` between ``c_fc`` and ``c_proj``), not either side alone."""
     wanted = {name for i in which for name in (*nodes[i].input, *nodes[i].output) if name}
-    producer: dict[str, int] = {}
-    consumers: dict[str, list[int]] = {}
-    for j, node in enumerate(nodes):
-        for name in node.output:
-            if name in wanted:
-                producer[name] = j
-        for name in node.input:
-            if name in wanted:
-                consumers.setdefault(name, []).append(j)
+    producer, consumers = tensor_index(nodes, wanted, wanted)
     for i in which:
         before = [assigned[producer[x]] for x in nodes[i].input if x in producer]
         after = [assigned[c] for x in nodes[i].output for c in consumers.get(x, ())]

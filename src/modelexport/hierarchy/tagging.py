@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from modelexport.hierarchy.module_tree import ModuleTree
-from modelexport.hierarchy.neighbours import infer_from_neighbours
+from modelexport.hierarchy.neighbours import infer_from_neighbours, tensor_index
 from modelexport.hierarchy.tags import namespace_for, write_tag
 
 _CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
@@ -378,15 +378,7 @@ class TaggingPass:
         ancestor and is counted as partial."""
         contains = self.tree.contains
         wanted = {name for i in open_choices for name in (*nodes[i].input, *nodes[i].output) if name}
-        producer: dict[str, int] = {}
-        consumers: dict[str, list[int]] = {}
-        for j, node in enumerate(nodes):
-            for name in node.output:
-                if name in wanted:
-                    producer[name] = j
-            for name in node.input:
-                if name in wanted:
-                    consumers.setdefault(name, []).append(j)
+        producer, consumers = tensor_index(nodes, wanted, wanted)
         pending = {i: _branches(candidates) for i, candidates in open_choices.items()}
         while pending:
             settled = []
