@@ -28,9 +28,10 @@ font-size:11px;padding:1px 3px;color:#1b1f24;cursor:default}
 #tip{position:fixed;pointer-events:none;background:#1b1f24;color:#fff;padding:6px 8px;border-radius:4px;
 font-size:12px;display:none;max-width:520px;z-index:9;white-space:pre-wrap}
 table{border-collapse:collapse;width:100%;table-layout:fixed}
-th,td{text-align:right;padding:2px 8px;border-bottom:1px solid #eaeef2;overflow-wrap:anywhere}
-th:nth-child(1){width:34%} th:nth-child(2){width:12%} th:nth-child(7){width:16%}
-th:first-child,td:first-child,td:nth-child(2){text-align:left} td.ops{text-align:left;color:#57606a}
+th,td{text-align:right;padding:2px 6px;border-bottom:1px solid #eaeef2;font-variant-numeric:tabular-nums}
+th{vertical-align:bottom} td.path,td.ops{overflow-wrap:anywhere}
+th:nth-child(1){width:36%} th:nth-child(2){width:13%} th:nth-child(7){width:17%}
+th:first-child,td:first-child,th:nth-child(2),td:nth-child(2),th:nth-child(7){text-align:left} td.ops{text-align:left;color:#57606a}
 tr.hide{display:none} .tog{cursor:pointer;display:inline-block;width:14px;color:#57606a}
 .path{font-family:ui-monospace,monospace}
 """
@@ -82,7 +83,7 @@ function tree(file) {
   // render in one parse instead of tens of thousands of createElement calls.
   const body = document.getElementById('rows');
   const head = document.getElementById('head'); head.textContent = '';
-  const cols = ['module', 'class', 'nodes own', 'nodes total', 'parameters', 'bytes', 'top op types'];
+  const cols = ['module', 'class', 'nodes own', 'nodes total', 'params', 'bytes', 'top op types'];
   if (file.has_time) cols.push('time ms', 'time %');
   if (file.has_error) cols.push('rel L2', 'added rel L2');
   cols.forEach(c => head.appendChild(el('th', {}, c)));
