@@ -88,3 +88,33 @@ def test_diff_refuses_unrelated_inputs(tiny_bert_export, tmp_path, capsys):
     np.savez(tmp_path / "x.npz", wrong=np.ones((1, 3), np.int64))
     assert cli(["diff", str(out), str(out), "--inputs", str(tmp_path / "x.npz")]) == 1
     assert "has no array for input(s)" in capsys.readouterr().err
+
+
+def test_diff_against_pytorch_pairs_modules_or_says_why_not(tiny_bert_export, capsys):
+    out, _ = tiny_bert_export
+    code = cli(["diff", str(out), "--pytorch", "--text", TEXTS[0], "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["b"] == "pytorch"
+    entry = doc["files"]["model.onnx"]
+    paired = {m["module_path"]: m for m in entry["modules"]}
+    for path in ("bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1.attention.self.query",
+                 "bert.encoder.layer.1.output.LayerNorm", "classifier"):
+        assert paired[path]["paired"] and paired[path]["max_abs"] < 1e-4, path
+    unpaired = {m["module_path"]: m["reason"] for m in entry["unpaired"]}
+    assert unpaired["bert.encoder.layer.0.output.dropout"].startswith("no node in the graph")
+    assert not set(unpaired) & set(paired)
+
+
+def test_minilm_float_vs_int8_names_every_layer(minilm_export, tmp_path, capsys):
+    out, _ = minilm_export
+    assert cli(["quantize", str(out), "-o", str(tmp_path / "q")]) == 0
+    capsys.readouterr()
+    doc = diff_json(capsys, out, tmp_path / "q", "--text", "A man is eating food.", "--text",
+                    "The stock market fell sharply today.")
+    modules = doc["files"]["model.onnx"]["modules"]
+    for layer in range(6):
+        prefix = f"0.model.encoder.layer.{layer}."
+        assert any(m["module_path"].startswith(prefix) and m["added_rel_l2"] and m["added_rel_l2"] > 0.01
+                   for m in modules), layer
+    end = next(m for m in modules if m["module_path"] == "")
+    assert 0.9 < end["cosine"] < 0.999  # int8 costs a few percent of cosine on MiniLM, as measured

@@ -11,7 +11,11 @@ def register(sub) -> None:
                        "cosine, and the error the module adds itself (its error minus the largest of what enters "
                        "it and of its children's outputs). A is the reference.")
     p.add_argument("a", metavar="A", help="reference: exported folder or ONNX file")
-    p.add_argument("b", metavar="B", help="the other export of the same model")
+    p.add_argument("b", metavar="B", nargs="?", default=None, help="the other export of the same model")
+    p.add_argument("--pytorch", nargs="?", const="", default=None, metavar="SOURCE",
+                   help="compare A with the PyTorch model instead of B (default: the local source folder the "
+                   "metadata records): forward hooks on every module, paired with A's module boundaries by order "
+                   "and shape; modules that cannot be paired are listed with the reason")
     shared.add_model_inputs(p)
     shared.add_tree_selection(p)
     p.add_argument("--top", type=int, default=None, metavar="N", help="only the N modules adding the most error")
@@ -33,6 +37,12 @@ def run(args) -> int:
 
     if args.top is not None and args.top < 1:
         raise ModelExportError("--top must be at least 1")
+    if args.pytorch is not None:
+        if args.b is not None:
+            raise ModelExportError("give B or --pytorch, not both")
+        return _against_pytorch(args)
+    if args.b is None:
+        raise ModelExportError("give the export B to compare A with, or --pytorch")
     target_a, target_b = load_target(args.a), load_target(args.b)
     by_name_b = {f.name: f for f in target_b.files}
     if len(target_a.files) == 1 and len(target_b.files) == 1:
@@ -101,3 +111,49 @@ def _print(files, sources, ranked: bool) -> None:
     console.print("[dim]rel L2 = ||B-A|| / ||A|| at the module's boundary; alone = B's nodes of the module run on A's "
                   "values entering it; added = alone minus the largest alone of its children (boundary errors "
                   "when the module cannot run alone)[/]")
+
+
+def _against_pytorch(args) -> int:
+    import json
+
+    from modelexport.errors import ModelExportError
+    from modelexport.inspect.loading import load_target
+    from modelexport.runtime.feeds import feeds_for
+    from modelexport.runtime.torch_diff import diff_against_pytorch, load_source_model
+
+    target = load_target(args.a)
+    if target.metadata is None:
+        raise ModelExportError(f"{args.a}: {target.metadata_problem}; --pytorch needs an exported folder")
+    if len(target.files) != 1:
+        raise ModelExportError("--pytorch compares single-file exports (encoder-decoder folders trace submodels)")
+    f = target.files[0]
+    feeds, what = feeds_for(target, f, args)
+    model = load_source_model(target.metadata, args.pytorch or None)
+    rows = diff_against_pytorch(f.path, model, target.metadata.library, feeds)
+    if args.depth is not None:
+        rows = [r for r in rows if (r.module_path.count(".") + 1 if r.module_path else 0) <= args.depth]
+    if args.format == "json":
+        print(json.dumps({"schema": "modelexport.diff", "schema_version": 1, "a": str(args.a), "b": "pytorch",
+                          "files": {f.name: {"inputs": what, "inputs_run": len(feeds),
+                                             "modules": [r.as_dict() for r in rows if r.paired],
+                                             "unpaired": [{"module_path": r.module_path, "reason": r.reason}
+                                                          for r in rows if not r.paired]}}}, indent=2))
+        return 0
+    from rich.markup import escape
+
+    from modelexport.cli.console import stdout_console, table
+
+    console = stdout_console()
+    console.print(f"[bold]{escape(f.name)}[/] against PyTorch on {len(feeds)} input(s) ({escape(what)})")
+    t = table("module", "max |ONNX-PyTorch|", "rel L2", "cosine", right=("max |ONNX-PyTorch|", "rel L2", "cosine"))
+    for r in rows:
+        if r.paired:
+            t.add_row(escape(r.module_path or "(root)"), _number(r.max_abs, ".3g"), _number(r.rel_l2, ".3g"),
+                      _number(r.cosine, ".6f"))
+    console.print(t)
+    unpaired = [r for r in rows if not r.paired]
+    if unpaired:
+        console.print(f"{len(unpaired)} modules not paired (not guessed):")
+        for r in unpaired:
+            console.print(f"  {escape(r.module_path or '(root)')}: {escape(r.reason)}")
+    return 0
