@@ -9,6 +9,7 @@ not tested with fails in one line instead of deep inside a private function.
 from __future__ import annotations
 
 import contextlib
+import re
 from functools import lru_cache
 from importlib import metadata
 
@@ -21,10 +22,12 @@ TESTED = {"optimum-onnx": ((0, 1), (0, 2)), "torch": ((2, 13), (2, 14))}
 def _version_tuple(text: str) -> tuple[int, ...]:
     parts = []
     for piece in text.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
+        digits = re.match(r"\d+", piece)
+        if digits is None:
             break
-        parts.append(int(digits))
+        parts.append(int(digits.group()))
+        if digits.end() < len(piece):  # "0rc1": a pre-release tag ends the numeric part
+            break
     return tuple(parts)
 
 

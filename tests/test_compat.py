@@ -1,0 +1,61 @@
+"""The adapter around Optimum's and torch's private names, and traced roots we cannot place."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modelexport.errors import ModelExportError
+from modelexport.exporter import optimum_compat
+from modelexport.exporter.optimum_bridge import ExportedFile
+from modelexport.exporter.pipeline import traced_root
+
+
+def test_installed_versions_are_the_tested_ones():
+    optimum_compat.check_versions.cache_clear()
+    optimum_compat.check_versions()  # the suite runs with the declared ranges
+    assert optimum_compat.torchscript_opset_range()[1] >= 18
+    assert "bert" in optimum_compat.supported_types("transformers")
+
+
+def test_an_untested_version_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(optimum_compat.TESTED, "optimum-onnx", ((9, 0), (9, 1)))
+    optimum_compat.check_versions.cache_clear()
+    try:
+        with pytest.raises(ModelExportError, match=r"optimum-onnx 0\.1\.\d+ is not a version modelexport was tested "
+                           r"with \(9\.0 <= version < 9\.1\)"):
+            optimum_compat.check_versions()
+    finally:
+        monkeypatch.undo()
+        optimum_compat.check_versions.cache_clear()
+
+
+def test_version_parsing():
+    assert optimum_compat._version_tuple("2.13.0+cpu") == (2, 13, 0)
+    assert optimum_compat._version_tuple("0.1.0rc1") == (0, 1, 0)
+
+
+class Inner(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+
+
+class Outer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = Inner()
+
+
+def test_traced_root_is_found_named_or_warned():
+    model = Outer()
+    paths = {id(m): p for p, m in model.named_modules()}
+    assert traced_root(ExportedFile("encoder_model.onnx", model.enc), paths) == ("enc", [])
+
+    class Wrapper(torch.nn.Module):  # what Optimum traces for some encoders: holds the real module
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+    assert traced_root(ExportedFile("encoder_model.onnx", Wrapper(model.enc)), paths) == ("enc", [])
+    root, warnings = traced_root(ExportedFile("x.onnx", torch.nn.Linear(2, 2)), paths)
+    assert root == "" and warnings and "x.onnx" in warnings[0] and "not part of the model" in warnings[0]
