@@ -223,3 +223,29 @@ def test_a_parent_reading_its_childs_parameter_tags_the_child():
     result = TaggingPass(tree)(model)
     assert [t.module_path for t in read_tags(model)] == ["attn.q_proj", "attn"]
     assert result.coverage.by_parameters == 1
+
+
+def test_passes_share_one_shape_and_compose():
+    """Tag a graph, strip the tags as an optimizer would, restore them: each step a pass."""
+    from modelexport.hierarchy.passes import run_passes
+    from modelexport.hierarchy.restore import RestorePass
+
+    tree = ModuleTree.from_module(Wrapper())
+    original = _graph([helper.make_node("Add", ["x", "x"], ["a"], name="/layers.1/dense/Add"),
+                       helper.make_node("Relu", ["a"], ["y"], name="/model/dense/Relu")])
+    tagged, = run_passes(original, [TaggingPass(tree)])
+    assert tagged.modified and tagged.model is original
+
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(original)
+    for node in rewritten.graph.node:
+        del node.metadata_props[:]
+
+    def strip_nothing(model):  # a pass that changes nothing says so
+        from modelexport.hierarchy.passes import PassResult
+        return PassResult(model=model, modified=False)
+
+    results = run_passes(rewritten, [strip_nothing, RestorePass(original)])
+    assert [r.modified for r in results] == [False, True]
+    assert [t.module_path for t in read_tags(rewritten)] == ["layers.1.dense", "model.dense"]
+    assert results[1].by_name == 2

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 
 from modelexport.hierarchy.module_tree import common_path_prefix
 from modelexport.hierarchy.neighbours import infer_from_neighbours, tensor_index
+from modelexport.hierarchy.passes import PassResult
 from modelexport.hierarchy.tags import iter_nodes, node_tag, write_tag
 
 _PASSIVE = ("ModuleList", "ModuleDict")
 
 
 @dataclass
-class RestoreCounts:
+class RestoreCounts(PassResult):
     nodes: int = 0
     kept: int = 0
     by_name: int = 0
@@ -35,7 +36,18 @@ class RestoreCounts:
 
     def as_dict(self) -> dict:
         """How nodes got their tags (per-module counts and fingerprint are reported separately)."""
-        return {k: v for k, v in vars(self).items() if k not in ("by_module", "graph_sha256")}
+        return {k: v for k, v in vars(self).items() if k not in ("by_module", "graph_sha256", "model", "modified")}
+
+
+class RestorePass:
+    """``RestorePass(original)(rewritten)``: the pass form of ``restore_tags``."""
+
+    def __init__(self, original, metadata_modules: list[dict] | None = None, index: "ModuleIndex | None" = None):
+        self.original = original
+        self.index = index or ModuleIndex(original, metadata_modules)
+
+    def __call__(self, rewritten) -> RestoreCounts:
+        return restore_tags(self.original, rewritten, index=self.index)
 
 
 class ModuleIndex:
@@ -172,6 +184,7 @@ def restore_tags(original, rewritten, metadata_modules: list[dict] | None = None
                     assign_graph(sub, path)
 
     assign_graph(rewritten.graph, "")
+    counts.model, counts.modified = rewritten, counts.nodes > counts.kept
     return counts
 
 

@@ -19,6 +19,7 @@ import onnx
 
 from modelexport.hierarchy.module_tree import ModuleTree
 from modelexport.hierarchy.neighbours import infer_from_neighbours, tensor_index
+from modelexport.hierarchy.passes import PassResult
 from modelexport.hierarchy.tags import namespace_for, write_tag
 
 _CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
@@ -47,7 +48,7 @@ class Coverage:
 
 
 @dataclass
-class TaggingResult:
+class TaggingResult(PassResult):
     coverage: Coverage
     node_count_by_module: dict[str, int]
     graph_sha256: str = ""  # structure fingerprint (see fingerprint.py)
@@ -197,7 +198,7 @@ class TaggingPass:
                 gc.enable()
         coverage.nodes = len(paths)
         coverage.at_root = counts.get(self.root_path, 0)
-        return TaggingResult(coverage, counts, warnings=warnings)
+        return TaggingResult(coverage, counts, warnings=warnings, model=model, modified=bool(paths))
 
     def _folded_batch_norms(self, paths: list[tuple[onnx.NodeProto, str]], coverage: Coverage) -> list[str]:
         """The TorchScript exporter folds an eval-mode BatchNorm into the Conv before it: one Conv
