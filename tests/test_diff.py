@@ -107,6 +107,8 @@ def test_diff_against_pytorch_pairs_modules_or_says_why_not(tiny_bert_export, ca
 
 def test_minilm_float_vs_int8_names_every_layer(minilm_export, tmp_path, capsys):
     out, _ = minilm_export
+    same = diff_json(capsys, out, out, "--text", "A man is eating food.")["files"]["model.onnx"]["modules"]
+    assert all(m["max_abs"] == 0.0 and m["added_rel_l2"] == 0.0 for m in same if m["boundary"] == "own")
     assert cli(["quantize", str(out), "-o", str(tmp_path / "q")]) == 0
     capsys.readouterr()
     doc = diff_json(capsys, out, tmp_path / "q", "--text", "A man is eating food.", "--text",

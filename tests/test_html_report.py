@@ -3,6 +3,7 @@ screenshot kept as a test artifact, and names from the model that must stay text
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -127,3 +128,16 @@ def test_overlays_load_in_model_explorer_and_map_to_its_nodes(tiny_bert_export, 
             assert built.results and set(built.results) <= node_ids
     time_values = json.loads((tmp_path / "time.json").read_text())["main_graph"]["results"]
     assert any(v["value"] > 0 for v in time_values.values())
+
+
+def test_multi_file_folder_gets_one_tab_per_file(t5_export, tmp_path, capsys):
+    page = tmp_path / "t5.html"
+    assert cli(["report", str(t5_export), "--html", "-o", str(page)]) == 0
+    capsys.readouterr()
+    dom, console = render(page)
+    assert console == [], console
+    tabs = re.findall(r'<button type="button"[^>]*>([^<]+)</button>', dom)
+    assert tabs == sorted(p.name for p in t5_export.glob("*.onnx"))
+    parsed = Rows()
+    parsed.feed(dom)
+    assert "decoder.block.0" in parsed.rows and "encoder.block.0" not in parsed.rows  # the first tab: decoder_model

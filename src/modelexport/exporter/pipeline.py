@@ -83,20 +83,17 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
         with phases("export", "Exporting with Optimum (torch.onnx trace)"):
             exported = export_with_optimum(loaded, source.task, source.library, staging, opset, static_shapes)
 
-        if source.library == "sentence_transformers":
-            from modelexport.exporter.sentence_transformers_layout import add_last_hidden_state
-
-            for item in exported.files:
-                add_last_hidden_state(staging / item.name)
-
         instance_paths = {id(m): p for p, m in loaded.named_modules()}
         reports: list[FileReport] = []
         node_counts: dict[str, dict[str, int]] = {}
         file_opset = None
+        alias_step = None
+        if source.library == "sentence_transformers":  # what SentenceTransformer(backend="onnx") reads
+            from modelexport.exporter.sentence_transformers_layout import add_last_hidden_state as alias_step
         with phases("tag", "Tagging nodes with their modules"):
             for item in exported.files:
                 root, warnings = traced_root(item, instance_paths)
-                tagged, opset_of_file = tag_file(staging / item.name, tree, root)
+                tagged, opset_of_file = tag_file(staging / item.name, tree, root, before=alias_step)
                 file_opset = file_opset or opset_of_file
                 node_counts[item.name] = tagged.node_count_by_module
                 reports.append(FileReport(item.name, root, tagged.coverage.nodes, tagged.coverage.as_dict(),

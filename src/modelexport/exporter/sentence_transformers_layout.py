@@ -20,34 +20,25 @@ TOKEN_OUTPUT, ALIAS_OUTPUT = "token_embeddings", "last_hidden_state"
 _TOP_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
 
 
-def add_last_hidden_state(onnx_path: Path) -> bool:
-    """Append ``last_hidden_state = Identity(token_embeddings)``; False when the graph has no
-    ``token_embeddings`` output or already has the alias."""
+def add_last_hidden_state(splice) -> bool:
+    """Append ``last_hidden_state = Identity(token_embeddings)`` to an open ``NodeSplice`` (written
+    with the tags, in one rewrite); False when the graph has no ``token_embeddings`` output or
+    already has the alias."""
     import onnx
 
-    from modelexport.hierarchy.node_splice import NodeSplice
-
-    splice = NodeSplice(onnx_path)
-    try:
-        outputs = {o.name: o for o in splice.graph_outputs()}
-        if TOKEN_OUTPUT not in outputs or ALIAS_OUTPUT in outputs:
-            splice.close()
-            return False
-        producer = next((n for n in splice.graph.node if TOKEN_OUTPUT in n.output), None)
-        # Named in the producer's scope, so the tagging pass (which runs after) gives the alias
-        # the module of the value it repeats.
-        scope = producer.name.rpartition("/")[0] if producer is not None and producer.name.startswith("/") else ""
-        node = onnx.helper.make_node("Identity", [TOKEN_OUTPUT], [ALIAS_OUTPUT],
-                                     name=f"{scope}/Identity_{ALIAS_OUTPUT}")
-        splice.graph.node.append(node)
-        alias = onnx.ValueInfoProto()
-        alias.CopyFrom(outputs[TOKEN_OUTPUT])
-        alias.name = ALIAS_OUTPUT
-        splice.added_outputs.append(alias)
-    except BaseException:
-        splice.close()
-        raise
-    splice.write()
+    outputs = {o.name: o for o in splice.graph_outputs()}
+    if TOKEN_OUTPUT not in outputs or ALIAS_OUTPUT in outputs:
+        return False
+    producer = next((n for n in splice.graph.node if TOKEN_OUTPUT in n.output), None)
+    # Named in the producer's scope, so the tagging pass (which runs after) gives the alias
+    # the module of the value it repeats.
+    scope = producer.name.rpartition("/")[0] if producer is not None and producer.name.startswith("/") else ""
+    splice.graph.node.append(onnx.helper.make_node("Identity", [TOKEN_OUTPUT], [ALIAS_OUTPUT],
+                                                   name=f"{scope}/Identity_{ALIAS_OUTPUT}"))
+    alias = onnx.ValueInfoProto()
+    alias.CopyFrom(outputs[TOKEN_OUTPUT])
+    alias.name = ALIAS_OUTPUT
+    splice.added_outputs.append(alias)
     return True
 
 

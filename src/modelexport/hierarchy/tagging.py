@@ -123,7 +123,14 @@ class ScopeResolver:
         return owners.get(tensor_name)
 
 
+# The standard ops that hold graphs; reading every node's attributes to find out costs more
+# than the rest of the pass (protobuf builds a wrapper per attribute).
+_CONTROL_FLOW = frozenset(("If", "Loop", "Scan", "SequenceMap"))
+
+
 def _subgraphs(node) -> list:
+    if node.op_type not in _CONTROL_FLOW:
+        return []
     subs = []
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
@@ -362,7 +369,13 @@ class TaggingPass:
         ``x + self.embed_positions.weight``) runs nodes whose scope is the parent, though they do
         the child's computation; the child, never called, would have no node at all. When every
         parameter a node reads belongs to one module below the scope's, the node gets that module."""
-        owners = {o for o in (self.resolver.owner_of(x) for x in node.input if x) if o is not None}
+        if not self.tree.parameter_owners:
+            return path
+        owners = set()
+        for name in node.input:
+            owner = self.resolver.owner_of(name) if name else None
+            if owner is not None:
+                owners.add(owner)
         if not owners:
             return path
         deepest = self.tree.common_ancestor(owners)
@@ -403,10 +416,11 @@ class TaggingPass:
             coverage.partial_scope += 1
 
 
-def tag_file(path, tree: ModuleTree, root_path: str = "") -> tuple[TaggingResult, int | None]:
+def tag_file(path, tree: ModuleTree, root_path: str = "", before=None) -> tuple[TaggingResult, int | None]:
     """Tag an ONNX file in place; returns the result and the file's default-domain opset.
 
     Only the nodes are parsed and rewritten (``NodeSplice``); weights are copied as bytes.
+    ``before(splice)`` may add nodes and outputs first, in the same single rewrite of the file.
     """
     from modelexport.hierarchy.node_splice import NodeSplice
 
@@ -414,6 +428,8 @@ def tag_file(path, tree: ModuleTree, root_path: str = "") -> tuple[TaggingResult
 
     splice = NodeSplice(path)
     try:
+        if before is not None:
+            before(splice)
         result = TaggingPass(tree, root_path)(splice.graph)
         result.graph_sha256 = graph_fingerprint(splice.graph)
     except BaseException:

@@ -47,6 +47,8 @@ _SMALL = {
     "num_key_value_heads": 2, "head_dim": 8, "d_kv": 8, "num_experts": 4, "num_local_experts": 4,
     "num_experts_per_tok": 2, "kv_lora_rank": 16, "q_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4,
     "v_head_dim": 8, "embedding_size": 32, "first_k_dense_replace": 1,
+    # widths that must follow the hidden size, and rotary widths that must fit a head of 8
+    "pooler_hidden_size": 32, "rotary_dim": 4, "qk_head_dim": 8,
 }
 _LIST_SHRINK = {"depths": 1, "num_layers_list": 1}
 _NESTED = ("text_config", "vision_config", "audio_config", "encoder_config", "decoder_config", "backbone_config",
