@@ -4,8 +4,8 @@ sentences the search never saw.
 
     python benchmarks/quantize_target.py [--targets 0.97,0.98,0.99]
 
-Calibration: 8 sentences; evaluation: 8 other sentences (cosine of the sentence embeddings
-against the float export, min and mean; latency = median of 20 passes over the 8 held-out
+Calibration: 8 sentences; evaluation: 8 other sentences (cosine of all outputs, token and sentence
+embeddings, against the float export, min and mean; latency = median of 20 passes over the 8 held-out
 sentences, one at a time). Candidates: the embeddings and each encoder layer. Writes
 benchmarks/results/quantize_target.md.
 """
@@ -78,8 +78,8 @@ def main() -> int:
         "# Quantization with an accuracy target (all-MiniLM-L6-v2)", "",
         f"`python benchmarks/quantize_target.py` on {datetime.date.today().isoformat()} ({os.cpu_count()} cores, "
         f"Python {platform.python_version()}). Dynamic int8 (Optimum, avx2, per-tensor). The search calibrates on 8 "
-        "sentences; the numbers below are on 8 other sentences: cosine of the sentence embedding against the float "
-        "export (min / mean), size of the ONNX file, ONNX Runtime latency (median of 20 passes over the 8 "
+        "sentences; the numbers below are on 8 other sentences: cosine against the float export of all outputs "
+        "concatenated per sentence, token embeddings and sentence embedding (min / mean), size of the ONNX file, ONNX Runtime latency (median of 20 passes over the 8 "
         "sentences, one at a time).", "",
         "| folder | modules kept float | cosine min | cosine mean | size MiB | latency ms (ratio to float) |",
         "|---|---|---|---|---|---|",
