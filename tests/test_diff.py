@@ -120,3 +120,14 @@ def test_minilm_float_vs_int8_names_every_layer(minilm_export, tmp_path, capsys)
                    for m in modules), layer
     end = next(m for m in modules if m["module_path"] == "")
     assert 0.9 < end["cosine"] < 0.999  # int8 costs a few percent of cosine on MiniLM, as measured
+
+
+def test_multi_file_folders_are_compared_file_by_file(t5_export, tmp_path, capsys):
+    assert cli(["quantize", str(t5_export), "-o", str(tmp_path / "q")]) == 0
+    capsys.readouterr()
+    doc = diff_json(capsys, t5_export, tmp_path / "q")
+    assert set(doc["files"]) == {p.name for p in t5_export.glob("*.onnx")}
+    encoder = {m["module_path"]: m for m in doc["files"]["encoder_model.onnx"]["modules"]}
+    assert encoder["encoder.block.0"]["boundary"] == "own" and encoder["encoder.block.0"]["rel_l2"] > 0
+    merged = doc["files"]["decoder_model_merged.onnx"]["modules"]
+    assert merged and all(m["boundary"] in ("own", "fused", "none") for m in merged)

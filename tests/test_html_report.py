@@ -141,3 +141,20 @@ def test_multi_file_folder_gets_one_tab_per_file(t5_export, tmp_path, capsys):
     parsed = Rows()
     parsed.feed(dom)
     assert "decoder.block.0" in parsed.rows and "encoder.block.0" not in parsed.rows  # the first tab: decoder_model
+
+
+def test_error_columns_from_a_diff(tiny_bert_export, tmp_path, capsys):
+    out, _ = tiny_bert_export
+    assert cli(["quantize", str(out), "-o", str(tmp_path / "q")]) == 0
+    capsys.readouterr()
+    assert cli(["diff", str(out), str(tmp_path / "q"), "--format", "json"]) == 0
+    (tmp_path / "diff.json").write_text(capsys.readouterr().out)
+    page = tmp_path / "r.html"
+    assert cli(["report", str(out), "--html", "--diff", str(tmp_path / "diff.json"), "-o", str(page)]) == 0
+    capsys.readouterr()
+    dom, console = render(page)
+    assert console == [], console
+    assert "<th>added rel L2</th>" in dom
+    parsed = Rows()
+    parsed.feed(dom)
+    assert float(parsed.rows["bert.encoder.layer.0"][-2]) > 0  # rel L2 of the layer, from the diff
