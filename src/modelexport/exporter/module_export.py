@@ -19,20 +19,50 @@ def export_module(
     dynamic_axes: dict | None = None,
     opset: int | None = None,
     verbose: bool = False,
+    exporter: str = "torchscript",
+    keep_source_info: bool = False,
 ) -> ExportResult:
-    """Trace ``module(*args)`` with torch.onnx (TorchScript, as Optimum does) and tag every node.
+    """Export ``module(*args)`` to ONNX and tag every node with its module.
 
-    The file appears at ``path`` only once it is complete and tagged. torch's tracer warnings
-    are silenced unless ``verbose``.
+    ``exporter="torchscript"`` (default) traces with ``torch.onnx.export(dynamo=False)``, as
+    Optimum does, and reconstructs modules from node-name scopes; ``exporter="dynamo"`` uses
+    ``torch.export`` and reads the module stack the exporter records on each node (needs
+    ``onnxscript``); its stack traces and FX node text (local paths, source) are dropped unless
+    ``keep_source_info``. The file appears at ``path`` only once it is complete and tagged.
+    The exporters' warnings and progress prints are silenced unless ``verbose``.
     """
-    from modelexport.quiet import silenced
+    from modelexport.errors import ModelExportError
+    from modelexport.quiet import silenced, stdout_swallowed
 
-    with silenced(not verbose):
+    if exporter not in ("torchscript", "dynamo"):
+        raise ModelExportError(f"unknown exporter {exporter!r}: torchscript or dynamo")
+    with silenced(not verbose), stdout_swallowed(not verbose):
         return _export_module(module, args, path, input_names=input_names, output_names=output_names,
-                              dynamic_axes=dynamic_axes, opset=opset)
+                              dynamic_axes=dynamic_axes, opset=opset, exporter=exporter,
+                              keep_source_info=keep_source_info)
 
 
-def _export_module(module, args, path, *, input_names, output_names, dynamic_axes, opset) -> ExportResult:
+def _dynamic_shapes(args: tuple, input_names: list[str] | None, dynamic_axes: dict | None):
+    """torch.export's ``dynamic_shapes`` from torch.onnx's ``dynamic_axes`` ({input: {axis: name}}):
+    one ``Dim`` per axis name, shared where inputs share a name (flat tensor inputs only)."""
+    import torch
+
+    if not dynamic_axes:
+        return None
+    dims: dict[str, object] = {}
+    shapes = []
+    for i, _ in enumerate(args):
+        name = input_names[i] if input_names and i < len(input_names) else None
+        axes = dynamic_axes.get(name) if name is not None else None
+        if isinstance(axes, (list, tuple)):
+            axes = {a: f"{name}_dim{a}" for a in axes}
+        shapes.append({int(a): dims.setdefault(n, torch.export.Dim(str(n).replace(" ", "_")))
+                       for a, n in (axes or {}).items()} or None)
+    return tuple(shapes)
+
+
+def _export_module(module, args, path, *, input_names, output_names, dynamic_axes, opset, exporter,
+                   keep_source_info) -> ExportResult:
     import torch
 
     from modelexport.hierarchy.module_tree import ModuleTree
@@ -52,19 +82,26 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
         module.eval()
         t = time.perf_counter()
         with torch.no_grad():
-            torch.onnx.export(
-                module,
-                args,
-                str(tmp),
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_axes=dynamic_axes,
-                opset_version=opset,
-                dynamo=False,
-            )
+            if exporter == "dynamo":
+                try:
+                    import onnxscript  # noqa: F401
+                except ImportError as e:
+                    from modelexport.errors import ModelExportError
+
+                    raise ModelExportError("the dynamo exporter needs onnxscript: pip install onnxscript") from e
+                program = torch.onnx.export(module, args, input_names=input_names, output_names=output_names,
+                                            dynamic_shapes=_dynamic_shapes(args, input_names, dynamic_axes),
+                                            opset_version=opset, dynamo=True)
+                program.save(str(tmp))
+            else:
+                torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
+                                  dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
         timings["export"] = time.perf_counter() - t
         t = time.perf_counter()
-        tagged, file_opset = tag_file(tmp, tree, "")
+        if exporter == "dynamo":
+            tagged, file_opset = _tag_dynamo_file(tmp, tree, keep_source_info)
+        else:
+            tagged, file_opset = tag_file(tmp, tree, "")
         timings["tag"] = time.perf_counter() - t
         os.replace(tmp, path)
     except BaseException:
@@ -73,3 +110,19 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
     timings["total"] = time.perf_counter() - started
     report = FileReport(path.name, "", tagged.coverage.nodes, tagged.coverage.as_dict())
     return ExportResult(output=path, files=[report], opset=file_opset, timings=timings)
+
+
+def _tag_dynamo_file(path: Path, tree, keep_source_info: bool):
+    """Tag a dynamo-exported file in place (nodes only, weights copied as bytes)."""
+    from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
+    from modelexport.hierarchy.node_splice import NodeSplice
+
+    splice = NodeSplice(path)
+    try:
+        result = DynamoTaggingPass(tree, keep_source_info)(splice.graph)
+    except BaseException:
+        splice.close()
+        raise
+    opset = next((o.version for o in splice.opset_imports if o.domain in ("", "ai.onnx")), None)
+    splice.write()
+    return result, opset
