@@ -98,10 +98,12 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
                                   dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
         timings["export"] = time.perf_counter() - t
         t = time.perf_counter()
+        tagger = None
         if exporter == "dynamo":
-            tagged, file_opset = _tag_dynamo_file(tmp, tree, keep_source_info)
-        else:
-            tagged, file_opset = tag_file(tmp, tree, "")
+            from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
+
+            tagger = DynamoTaggingPass(tree, keep_source_info)
+        tagged, file_opset = tag_file(tmp, tree, "", tagger=tagger)
         timings["tag"] = time.perf_counter() - t
         os.replace(tmp, path)
     except BaseException:
@@ -111,18 +113,3 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
     report = FileReport(path.name, "", tagged.coverage.nodes, tagged.coverage.as_dict())
     return ExportResult(output=path, files=[report], opset=file_opset, timings=timings)
 
-
-def _tag_dynamo_file(path: Path, tree, keep_source_info: bool):
-    """Tag a dynamo-exported file in place (nodes only, weights copied as bytes)."""
-    from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
-    from modelexport.hierarchy.node_splice import NodeSplice
-
-    splice = NodeSplice(path)
-    try:
-        result = DynamoTaggingPass(tree, keep_source_info)(splice.graph)
-    except BaseException:
-        splice.close()
-        raise
-    opset = next((o.version for o in splice.opset_imports if o.domain in ("", "ai.onnx")), None)
-    splice.write()
-    return result, opset

@@ -416,11 +416,13 @@ class TaggingPass:
             coverage.partial_scope += 1
 
 
-def tag_file(path, tree: ModuleTree, root_path: str = "", before=None) -> tuple[TaggingResult, int | None]:
+def tag_file(path, tree: ModuleTree, root_path: str = "", before=None,
+             tagger=None) -> tuple[TaggingResult, int | None]:
     """Tag an ONNX file in place; returns the result and the file's default-domain opset.
 
     Only the nodes are parsed and rewritten (``NodeSplice``); weights are copied as bytes.
     ``before(splice)`` may add nodes and outputs first, in the same single rewrite of the file.
+    ``tagger`` replaces the TorchScript-scope pass (e.g. ``DynamoTaggingPass`` for dynamo files).
     """
     from modelexport.hierarchy.node_splice import NodeSplice
 
@@ -430,7 +432,7 @@ def tag_file(path, tree: ModuleTree, root_path: str = "", before=None) -> tuple[
     try:
         if before is not None:
             before(splice)
-        result = TaggingPass(tree, root_path)(splice.graph)
+        result = (tagger or TaggingPass(tree, root_path))(splice.graph)
         result.graph_sha256 = graph_fingerprint(splice.graph)
     except BaseException:
         splice.close()
