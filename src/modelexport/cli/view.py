@@ -44,7 +44,7 @@ def run(args) -> int:
     try:
         import model_explorer
         import model_explorer.server as me_server
-        import model_explorer_onnx  # noqa: F401
+        import model_explorer_onnx  # noqa: F401  (only: is the adapter installed?)
     except ImportError as e:
         raise ModelExportError(INSTALL_HINT) from e
     path = Path(args.path)

@@ -112,10 +112,10 @@ def _signals_held() -> Iterator[None]:
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process, or a number no pid can be
         return False
-    except (PermissionError, OverflowError):
-        return pid < 2**22  # someone else's process (alive), or a number no pid can be
+    except PermissionError:  # someone else's process: alive
+        return True
     return True
 
 

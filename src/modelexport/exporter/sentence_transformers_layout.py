@@ -70,5 +70,5 @@ def copy_module_files(source: Path, output_dir: Path) -> list[str]:
                 shutil.copyfile(path, target)
                 written.append(str(target.relative_to(output_dir)))
         if not (output_dir / sub).exists():
-            (output_dir / sub).mkdir(parents=True)  # Normalize has no files but its folder is named
+            (output_dir / sub).mkdir(parents=True)  # an empty module folder stays a folder
     return written

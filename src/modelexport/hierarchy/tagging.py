@@ -240,16 +240,17 @@ class TaggingPass:
         """Per scope: the modules owning the parameters its nodes read. A parameter read from
         several scopes is no evidence: tied weights, or the exporter's de-duplication of equal
         tensors (every LayerNorm of a freshly initialised model shares one `ones` weight)."""
-        read_in: dict[str, set[str]] = {}
+        read_in: dict[str, tuple[str, set[str]]] = {}  # parameter -> (owner, scopes reading it)
         for node in nodes:
             scope = scope_of(node.name)
             for name in node.input:
-                if name and self.resolver.owner_of(name) is not None:
-                    read_in.setdefault(name, set()).add(scope or "")
+                owner = self.resolver.owner_of(name) if name else None
+                if owner is not None:
+                    read_in.setdefault(name, (owner, set()))[1].add(scope or "")
         evidence: dict[str, set[str]] = {}
-        for name, scopes in read_in.items():
+        for owner, scopes in read_in.values():
             if len(scopes) == 1 and next(iter(scopes)):
-                evidence.setdefault(next(iter(scopes)), set()).add(self.resolver.owner_of(name))
+                evidence.setdefault(next(iter(scopes)), set()).add(owner)
         return evidence
 
     def _assign(self, graph: onnx.GraphProto, fallback: str, coverage: Coverage,

@@ -5,7 +5,6 @@ Weights in external data files are not loaded: tags, nodes and tensor shapes liv
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -178,7 +178,7 @@ class FileDiff:
                 "modules": [m.as_dict() for m in self.modules]}
 
 
-def _b_value_names(model) -> set[str]:
+def _value_names(model) -> set[str]:
     graph = model.graph
     names = {i.name for i in graph.input}
     for node in graph.node:
@@ -201,7 +201,7 @@ def diff_files(path_a: Path, path_b: Path, feeds: list[dict], isolate: bool = Tr
     model_b = onnx.load(str(path_b), load_external_data=False)
     bounds = module_boundaries(model_a)
     bounds_b = module_boundaries(model_b)
-    in_a, in_b = _b_value_names(model_a), _b_value_names(model_b)
+    in_a, in_b = _value_names(model_a), _value_names(model_b)
     wanted = sorted({t for ts in bounds.outputs.values() for t in ts} | {t for ts in bounds.inputs.values() for t in ts})
     shared = [t for t in wanted if t in in_b]
     # A's values at B's module boundaries too: what B's modules are fed when run alone.
@@ -229,8 +229,7 @@ def diff_files(path_a: Path, path_b: Path, feeds: list[dict], isolate: bool = Tr
         present = [errors[t] for t in tensors if t in errors]
         if present:
             own[module] = present[0].merged(present[1:])
-    ordered = sorted(bounds.tags, key=lambda m: (m.count(".") if m else -1, m))
-    for module in sorted(ordered, key=_tree_order):
+    for module in sorted(bounds.tags, key=_tree_order):
         err = own.get(module)
         if err is not None:
             alone = isolated.get(module)

@@ -24,20 +24,17 @@ def _texts(args) -> list[str]:
     return texts
 
 
-def _input_specs(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return {i.name: i.type for i in session.get_inputs()}, session
+def _input_names(model) -> set[str]:
+    """The graph inputs a feed must fill (initializers listed as inputs by old exporters are not)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return {i.name for i in model.graph.input if i.name not in initializers}
 
 
 def feeds_for(target, onnx_file, args) -> tuple[list[dict], str]:
     """The feeds for one ONNX file of ``target``, and a few words saying what they are."""
     from modelexport.runtime.dummy_inputs import make_inputs
 
-    specs, session = _input_specs(onnx_file.path)
+    specs = _input_names(onnx_file.model)
     folder = Path(target.folder)
     if getattr(args, "inputs", None):
         try:
@@ -54,12 +51,17 @@ def feeds_for(target, onnx_file, args) -> tuple[list[dict], str]:
         return text_feeds(folder, texts, specs), f"{len(texts)} text(s) through the folder's tokenizer"
     if images and "pixel_values" in specs:
         return image_feeds(folder, images), f"{len(images)} image(s) through the folder's image processor"
-    config = _config(folder)
-    return [make_inputs(session, config)], "dummy inputs" + (
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    session = ort.InferenceSession(str(onnx_file.path), options, providers=["CPUExecutionProvider"])
+    return [make_inputs(session, _config(folder))], "dummy inputs" + (
         " (the texts/images given do not fit this file's inputs)" if texts or images else "")
 
 
-def text_feeds(folder: Path, texts: list[str], specs: dict[str, str]) -> list[dict]:
+def text_feeds(folder: Path, texts: list[str], specs) -> list[dict]:
+    """One feed per text; ``specs``: the input names the model takes."""
     from transformers import AutoTokenizer
 
     try:

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,8 +82,6 @@ class BreadthRow:
 
 def supported_model_types() -> dict[str, list[str]]:
     """transformers model type -> ONNX tasks, as optimum-onnx registers them."""
-    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the configs)
-
     from modelexport.exporter.optimum_compat import supported_types
 
     return supported_types("transformers")
