@@ -2,11 +2,14 @@
 agreeing with the TorchScript path on every node that reads a parameter."""
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 
 import modelexport
@@ -89,3 +92,79 @@ def test_dynamo_source_info_is_dropped_unless_asked(tmp_path):
     assert here not in (tmp_path / "a.onnx").read_bytes().decode("latin-1")
     assert here in (tmp_path / "b.onnx").read_bytes().decode("latin-1")
     onnx.checker.check_model(str(tmp_path / "a.onnx"), full_check=True)
+
+
+# -- modelexport.export(..., exporter="dynamo"): Optimum's files, traced by torch.export -------------
+
+@pytest.fixture(scope="module")
+def both_exports(tmp_path_factory):
+    """Each family built once with every parameter made unique, exported by both paths."""
+    from modelexport.testing.family_check import build_family, check_family
+    from modelexport.testing.tiny_models import BY_NAME
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            workdir = tmp_path_factory.mktemp(name.replace("/", "_"))
+            family = BY_NAME[name]
+            folder = build_family(family, workdir, nudge=True)
+            cache[name] = (family, folder, {ex: check_family(family, workdir, ex, folder=folder)
+                                            for ex in ("torchscript", "dynamo")})
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("name", ["bert/fill-mask", "gpt2", "t5"])
+def test_export_dynamo_loads_in_optimum_and_tags_agree_with_torchscript(name, both_exports):
+    import transformers
+
+    from modelexport.testing.breadth import parameter_names_by_value, tags_by_parameter
+
+    family, folder, rows = both_exports(name)
+    ts, dyn = rows["torchscript"], rows["dynamo"]
+    assert ts.error is None and dyn.error is None, dyn.error or ts.error
+    # Optimum's layout, names and ORTModel class, whichever path traced.
+    assert dyn.files == ts.files
+    assert dyn.untagged_nodes == 0 and dyn.root_fallback == 0
+    assert dyn.direct + dyn.inferred == dyn.nodes
+    assert dyn.nodes < ts.nodes  # torch.export's graphs are smaller
+    if family.check == "generate":
+        assert dyn.same_tokens is True and len(dyn.tokens) > 6  # greedy generate() with the KV cache
+    else:
+        assert dyn.ort_max_abs_diff < 1e-4
+    # Every node reading a parameter (found by value, whatever either exporter named it) has the
+    # same module on both paths, and that module owns the parameter.
+    model = getattr(transformers, family.torch_class).from_pretrained(folder)
+    names = parameter_names_by_value(model)
+    compared = 0
+    for file in ts.files:
+        by_ts = tags_by_parameter(Path(ts.output) / file, names)
+        by_dyn = tags_by_parameter(Path(dyn.output) / file, names)
+        assert set(by_ts) == set(by_dyn), file
+        for parameter, modules in by_dyn.items():
+            assert modules == by_ts[parameter], (file, parameter, modules, by_ts[parameter])
+            assert modules == {parameter.rpartition(".")[0]}, (file, parameter, modules)
+            compared += 1
+    assert compared >= {"bert/fill-mask": 38, "gpt2": 25, "t5": 90}[name]
+
+
+def test_export_dynamo_files_keep_no_local_paths_and_dims_are_named(both_exports):
+    family, folder, rows = both_exports("t5")
+    out = Path(rows["dynamo"].output)
+    here = str(Path(__file__).resolve().parent.parent)  # the checkout: in every stack trace
+    for file in rows["dynamo"].files:
+        model = onnx.load(out / file)
+        onnx.checker.check_model(model, full_check=True)
+        assert here not in (out / file).read_bytes().decode("latin-1"), file
+        keys = {p.key for n in model.graph.node for p in n.metadata_props}
+        assert "pkg.torch.onnx.stack_trace" not in keys and "pkg.torch.onnx.fx_node" not in keys
+        # Dims are Optimum's axis names (as TorchScript writes them), not torch.export's s0, s11...
+        for value in list(model.graph.input) + list(model.graph.output):
+            for dim in value.type.tensor_type.shape.dim:
+                assert not re.search(r"\bs\d+\b", dim.dim_param), (file, value.name, dim.dim_param)
+    meta = json.loads((out / "modelexport_metadata.json").read_text())
+    assert meta["exporter"] == "dynamo" and meta["source_info_kept"] is False
+    merged = onnx.load(out / "decoder_model_merged.onnx", load_external_data=False)
+    names = [i.name for i in merged.graph.input]
+    assert "use_cache_branch" in names and "past_key_values.0.decoder.key" in names

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +51,7 @@ def test_multi_file_layout_each_file_tagged_from_its_module(name, encoder_root, 
     assert row.error is None, row.error
     assert {"encoder_model.onnx", "decoder_model_merged.onnx"} <= set(row.files)
     assert row.file_roots["encoder_model.onnx"] == encoder_root
-    out = workdir / f"{name}-onnx"
+    out = Path(row.output)
     encoder_tags = read_tags(out / "encoder_model.onnx")
     # Under the encoder, or a tied module the encoder reaches by another name (T5's
     # encoder.embed_tokens is named_modules()' `shared`).
@@ -86,7 +87,7 @@ def test_kv_cache_inputs_and_outputs_tagged_with_their_layer(name, layer, family
 
     row, workdir = family_rows(name)
     assert row.error is None, row.error
-    model = onnx.load(workdir / f"{name}-onnx" / "model.onnx")
+    model = onnx.load(Path(row.output) / "model.onnx")
     tags = {t.node_name: t.module_path for t in read_tags(model)}
     producers = {o: n for n in model.graph.node for o in n.output}
     checked = 0

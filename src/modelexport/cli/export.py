@@ -26,6 +26,12 @@ def register(sub) -> None:
     p.add_argument("--static-shapes", default=None, metavar="NAME=SIZE,...",
                    help="fixed input shapes instead of dynamic axes, e.g. batch_size=1,sequence_length=128 "
                    "(names of Optimum's dummy shapes); preprocessors are saved to pad to them")
+    p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
+                   help="trace with TorchScript (default, what Optimum 0.1 uses) or torch.export (dynamo: modules "
+                   "read from the exporter's own records; slower export, fewer nodes; needs onnxscript)")
+    p.add_argument("--keep-source-info", action="store_true",
+                   help="dynamo only: keep the exporter's stack traces and FX node text on each node (they hold "
+                   "this machine's file paths and source lines; dropped by default)")
     p.set_defaults(run=run)
 
 
@@ -47,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         validate=args.validate,
         static_shapes=args.static_shapes,
         reporter=reporter,
+        exporter=args.exporter,
+        keep_source_info=args.keep_source_info,
     )
     if args.report:
         from modelexport.cli.report import write_report
@@ -64,6 +72,7 @@ def summary_dict(result) -> dict:
         "output": str(result.output),
         "task": result.task,
         "library": result.library,
+        "exporter": result.exporter,
         "opset": result.opset,
         "files": [
             {"name": f.name, "nodes": f.nodes, "coverage": f.coverage, "validation": f.validation,
@@ -83,7 +92,8 @@ def print_summary(result) -> None:
 
     console = stdout_console()
     table = new_table("file", "nodes", "direct", "inferred", "partial", "root fallback", "max |ONNX−PyTorch|",
-                      title=f"Exported to {escape(str(result.output))}  (task {result.task}, opset {result.opset})",
+                      title=f"Exported to {escape(str(result.output))}  (task {result.task}, opset {result.opset}, "
+                      f"{result.exporter})",
                       right=("nodes", "direct", "inferred", "partial", "root fallback", "max |ONNX−PyTorch|"))
     for f in result.files:
         c = f.coverage

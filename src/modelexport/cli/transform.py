@@ -49,7 +49,14 @@ def _summary(result, verb: str) -> None:
 def run_optimize(args) -> int:
     from modelexport.runtime.transform import optimize_folder
 
-    _summary(optimize_folder(args.path, args.output, args.level, args.force), "optimized")
+    result = optimize_folder(args.path, args.output, args.level, args.force)
+    _summary(result, "optimized")
+    for name, ops in result.added_ops.items():
+        if ops:
+            print(f"fused in {name}: " + ", ".join(f"{op.split(':')[-1]} x{n}" for op, n in ops.items()))
+        else:
+            print(f"fused in {name}: nothing: ONNX Runtime's optimizer matched none of its patterns "
+                  f"(the graph is only cleaned up)")
     return 0
 
 

@@ -22,7 +22,7 @@ def tool_versions() -> dict:
         "modelexport": _version("modelexport"),
         "python": platform.python_version(),
         **{p: _version(p) for p in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-                                     "sentence-transformers")},
+                                     "onnxscript", "sentence-transformers")},
     }
 
 
@@ -86,6 +86,11 @@ class ExportMetadata:
     @property
     def ort_model_class(self) -> str | None:
         return self.raw.get("ort_model_class")
+
+    @property
+    def exporter(self) -> str:
+        """The trace that wrote the files; folders from before the dynamo path are TorchScript."""
+        return self.raw.get("exporter") or "torchscript"
 
     @property
     def opset(self) -> int | None:

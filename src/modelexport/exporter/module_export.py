@@ -34,31 +34,14 @@ def export_module(
     from modelexport.errors import ModelExportError
     from modelexport.quiet import silenced, stdout_swallowed
 
-    if exporter not in ("torchscript", "dynamo"):
-        raise ModelExportError(f"unknown exporter {exporter!r}: torchscript or dynamo")
+    from modelexport.exporter.optimum_bridge import check_exporter, check_opset
+
+    check_exporter(exporter, keep_source_info)
+    check_opset(opset, exporter)
     with silenced(not verbose), stdout_swallowed(not verbose):
         return _export_module(module, args, path, input_names=input_names, output_names=output_names,
                               dynamic_axes=dynamic_axes, opset=opset, exporter=exporter,
                               keep_source_info=keep_source_info)
-
-
-def _dynamic_shapes(args: tuple, input_names: list[str] | None, dynamic_axes: dict | None):
-    """torch.export's ``dynamic_shapes`` from torch.onnx's ``dynamic_axes`` ({input: {axis: name}}):
-    one ``Dim`` per axis name, shared where inputs share a name (flat tensor inputs only)."""
-    import torch
-
-    if not dynamic_axes:
-        return None
-    dims: dict[str, object] = {}
-    shapes = []
-    for i, _ in enumerate(args):
-        name = input_names[i] if input_names and i < len(input_names) else None
-        axes = dynamic_axes.get(name) if name is not None else None
-        if isinstance(axes, (list, tuple)):
-            axes = {a: f"{name}_dim{a}" for a in axes}
-        shapes.append({int(a): dims.setdefault(n, torch.export.Dim(str(n).replace(" ", "_")))
-                       for a, n in (axes or {}).items()} or None)
-    return tuple(shapes)
 
 
 def _export_module(module, args, path, *, input_names, output_names, dynamic_axes, opset, exporter,
@@ -83,16 +66,11 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
         t = time.perf_counter()
         with torch.no_grad():
             if exporter == "dynamo":
-                try:
-                    import onnxscript  # noqa: F401
-                except ImportError as e:
-                    from modelexport.errors import ModelExportError
+                from modelexport.exporter.dynamo_trace import export_dynamo
+                from modelexport.exporter.optimum_compat import dynamo_opset_range
 
-                    raise ModelExportError("the dynamo exporter needs onnxscript: pip install onnxscript") from e
-                program = torch.onnx.export(module, args, input_names=input_names, output_names=output_names,
-                                            dynamic_shapes=_dynamic_shapes(args, input_names, dynamic_axes),
-                                            opset_version=opset, dynamo=True)
-                program.save(str(tmp))
+                export_dynamo(module, args, None, tmp, input_names=input_names, output_names=output_names,
+                              dynamic_axes=dynamic_axes, opset=opset or dynamo_opset_range()[0])
             else:
                 torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
                                   dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
@@ -102,7 +80,7 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
         if exporter == "dynamo":
             from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
 
-            tagger = DynamoTaggingPass(tree, keep_source_info)
+            tagger = DynamoTaggingPass(tree, "", keep_source_info)
         tagged, file_opset = tag_file(tmp, tree, "", tagger=tagger)
         timings["tag"] = time.perf_counter() - t
         os.replace(tmp, path)
@@ -111,5 +89,5 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
         raise
     timings["total"] = time.perf_counter() - started
     report = FileReport(path.name, "", tagged.coverage.nodes, tagged.coverage.as_dict())
-    return ExportResult(output=path, files=[report], opset=file_opset, timings=timings)
+    return ExportResult(output=path, files=[report], opset=file_opset, timings=timings, exporter=exporter)
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from modelexport.errors import ModelExportError, disk_error_message
 from modelexport.exporter.optimum_compat import (
+    dynamo_opset_range,
     no_preprocessor_reload,
+    optimum_traces_with_dynamo,
     submodels_and_onnx_configs,
     torchscript_opset_range,
 )
@@ -41,28 +43,39 @@ class OptimumExport:
 
 
 def export_with_optimum(model, task: str, library: str, output_dir: Path, opset: int | None,
-                        static_shapes: dict[str, int] | None = None) -> OptimumExport:
-    """Run Optimum's export and post-processing into ``output_dir``; list what it wrote."""
+                        static_shapes: dict[str, int] | None = None, exporter: str = "torchscript") -> OptimumExport:
+    """Run Optimum's export and post-processing into ``output_dir``; list what it wrote.
+
+    ``exporter="dynamo"``: the same, with Optimum's one ``torch.onnx.export`` call traced by
+    torch.export (see ``optimum_traces_with_dynamo``).
+    """
+    import contextlib
+
     from optimum.exporters.onnx import onnx_export_from_model
 
     from modelexport.hierarchy.node_splice import graph_output_names
 
     main_config, models_and_configs = submodels_and_onnx_configs(model, task, library)
     default = getattr(main_config, "DEFAULT_ONNX_OPSET", None)
+    if exporter == "dynamo" and opset is None:
+        opset = max(default or 0, dynamo_opset_range()[0])
+    trace = optimum_traces_with_dynamo() if exporter == "dynamo" else contextlib.nullcontext()
     try:
-        with no_preprocessor_reload(getattr(model, "config", None)):
+        with no_preprocessor_reload(getattr(model, "config", None)), trace:
             onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False,
                                    no_post_process=True, no_dynamic_axes=bool(static_shapes),
                                    **(static_shapes or {}))
+    except ModelExportError:
+        raise
     except Exception as e:  # torch.onnx / Optimum failures reach the user as one line
         disk = disk_error_message(e)
         if disk:
             raise ModelExportError(disk) from e
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         hint = ""
         if opset is not None and default is not None and opset < default:
             hint = f"; opset {opset} is below Optimum's default for this model ({default}): try --opset {default}"
-        raise ModelExportError(f"the ONNX export failed at opset {opset or default}: {first}{hint}") from e
+        raise ModelExportError(f"the ONNX export ({exporter}) failed at opset {opset or default}: "
+                               f"{export_error_summary(e)}{hint}") from e
     subpaths = [f"{name}.onnx" for name in models_and_configs]
     traced = {path: models_and_configs[name][0] for name, path in zip(models_and_configs, subpaths)}
     # Outputs of each submodel's own file, read before post-processing merges files: a merged
@@ -92,9 +105,50 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
     return OptimumExport(files, validations)
 
 
-def check_opset(opset: int | None) -> None:
-    """Refuse, before any work, an opset the TorchScript exporter Optimum uses cannot write."""
+def export_error_summary(error: BaseException) -> str:
+    """One line for a failed trace. torch.export's errors open with a multi-line, coloured
+    how-to-debug banner; what went wrong is under their "## Exception summary"."""
+    import re
+
+    message = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        after = lines[lines.index("## Exception summary") + 1:]
+        if after:
+            return after[0][:200]
+    cause = error.__cause__
+    if lines and lines[0].startswith("Failed to ") and cause is not None:
+        return export_error_summary(cause)
+    return lines[0][:200] if lines else type(error).__name__
+
+
+EXPORTERS = ("torchscript", "dynamo")
+
+
+def check_exporter(exporter: str, keep_source_info: bool = False) -> None:
+    if exporter not in EXPORTERS:
+        raise ModelExportError(f"unknown exporter {exporter!r}: {' or '.join(EXPORTERS)}")
+    if keep_source_info and exporter != "dynamo":
+        raise ModelExportError("--keep-source-info applies to the dynamo exporter only (--exporter dynamo): "
+                               "TorchScript files carry no source information")
+    if exporter == "dynamo":
+        import importlib.util
+
+        if importlib.util.find_spec("onnxscript") is None:
+            raise ModelExportError("the dynamo exporter needs onnxscript: pip install 'modelexport[dynamo]' "
+                                   "(or pip install onnxscript)")
+
+
+def check_opset(opset: int | None, exporter: str = "torchscript") -> None:
+    """Refuse, before any work, an opset the exporter cannot write."""
     if opset is None:
+        return
+    if exporter == "dynamo":
+        low, high = dynamo_opset_range()
+        if not low <= opset <= high:
+            raise ModelExportError(f"opset {opset} is not supported by the dynamo exporter: it writes opsets "
+                                   f"{low} to {high} (lower ones would need a version conversion that fails on "
+                                   "many graphs; use --exporter torchscript for them)")
         return
     ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET = torchscript_opset_range()  # noqa: N806
     if not ONNX_MIN_OPSET <= opset <= ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET:

@@ -12,6 +12,7 @@ import contextlib
 import re
 from functools import lru_cache
 from importlib import metadata
+from pathlib import Path
 
 from modelexport.errors import ModelExportError
 
@@ -75,6 +76,49 @@ def torchscript_opset_range() -> tuple[int, int]:
     from torch.onnx._constants import ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
 
     return ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+
+
+def dynamo_opset_range() -> tuple[int, int]:
+    """Opsets the dynamo exporter writes without a version conversion afterwards (torchlib's
+    functions start at 18; lower opsets are converted down, which fails on many graphs)."""
+    check_versions()
+    from torch.onnx._constants import ONNX_MAX_OPSET
+    from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET
+
+    return TORCHLIB_OPSET, ONNX_MAX_OPSET
+
+
+@contextlib.contextmanager
+def optimum_traces_with_dynamo():
+    """Inside the block, Optimum's ``export_pytorch`` traces with torch.export.
+
+    optimum-onnx 0.1.0 hard-codes ``torch.onnx.export(model, (dummy_inputs,), f=..., input_names=...,
+    output_names=..., dynamic_axes=..., do_constant_folding=..., opset_version=..., dynamo=False)``
+    (it imports ``torch.onnx.export`` at call time); everything around the call (the model
+    patcher, dummy inputs, names, dynamic axes, external data, post-processing) stays Optimum's.
+    Only that call is replaced, by one that passes the same description to the dynamo exporter.
+    """
+    check_versions()
+    import torch.onnx
+
+    from modelexport.exporter.dynamo_trace import export_dynamo
+
+    original = torch.onnx.export
+
+    def trace(model, args=(), f=None, *, input_names=None, output_names=None, dynamic_axes=None,
+              opset_version=None, kwargs=None, **_ignored):  # do_constant_folding, dynamo: TorchScript's
+        args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+        if args and isinstance(args[-1], dict) and kwargs is None:  # TorchScript's "dict last" convention
+            args, kwargs = args[:-1], args[-1]
+        export_dynamo(model, args, kwargs, Path(f), input_names=list(input_names or []) or None,
+                      output_names=list(output_names or []) or None, dynamic_axes=dynamic_axes,
+                      opset=opset_version, onnx_export=original)
+
+    torch.onnx.export = trace
+    try:
+        yield
+    finally:
+        torch.onnx.export = original
 
 
 @contextlib.contextmanager

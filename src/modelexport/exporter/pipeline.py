@@ -21,26 +21,31 @@ def export(
     static_shapes: dict[str, int] | str | None = None,
     reporter: PhaseReporter | None = None,
     verbose: bool = False,
+    exporter: str = "torchscript",
+    keep_source_info: bool = False,
 ) -> ExportResult:
     """Export ``model`` (Hub id, local folder or loaded ``PreTrainedModel``) into ``output_dir``.
 
     The folder is written beside ``output_dir`` and moved into place only when complete.
-    The libraries' warnings and logs (tracer warnings, Optimum's notes) are silenced unless
-    ``verbose``.
+    ``exporter="dynamo"`` traces with torch.export instead of TorchScript (Optimum still decides
+    inputs, dynamic axes, files and validation); its files carry the exporter's stack traces and
+    FX node text (local paths, source) only with ``keep_source_info``.
+    The libraries' warnings, logs and prints (tracer warnings, Optimum's notes, torch.onnx's
+    progress) are silenced unless ``verbose``.
     """
     from modelexport.quiet import silenced
 
     with silenced(not verbose):
         return _export(model, output_dir, task=task, library=library, opset=opset, force=force,
                        trust_remote_code=trust_remote_code, validate=validate, static_shapes=static_shapes,
-                       reporter=reporter)
+                       reporter=reporter, exporter=exporter, keep_source_info=keep_source_info)
 
 
 def _export(model, output_dir, *, task, library, opset, force, trust_remote_code, validate, static_shapes,
-            reporter) -> ExportResult:
+            reporter, exporter, keep_source_info) -> ExportResult:
     from modelexport.exporter import artifacts as artifacts_mod
     from modelexport.exporter.metadata import METADATA_FILE, module_table, tool_versions, write_metadata
-    from modelexport.exporter.optimum_bridge import check_opset, export_with_optimum
+    from modelexport.exporter.optimum_bridge import check_exporter, check_opset, export_with_optimum
     from modelexport.exporter.ort_class import ort_model_class_name
     from modelexport.exporter.output_dir import check_output_dir, recover_leftovers, staged_output_dir
     from modelexport.exporter.source import (
@@ -58,7 +63,8 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
     output_dir = Path(output_dir)
     recover_leftovers(output_dir.resolve())  # an earlier export here that was killed
     check_output_dir(output_dir.resolve(), force)
-    check_opset(opset)
+    check_exporter(exporter, keep_source_info)
+    check_opset(opset, exporter)
     if isinstance(static_shapes, str):
         from modelexport.exporter.static_shapes import parse_static_shapes
 
@@ -80,8 +86,10 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
             check_against_config(static_shapes, getattr(loaded, "config", config))
 
     with staged_output_dir(output_dir, force) as staging:
-        with phases("export", "Exporting with Optimum (torch.onnx trace)"):
-            exported = export_with_optimum(loaded, source.task, source.library, staging, opset, static_shapes)
+        trace = "torch.export" if exporter == "dynamo" else "TorchScript trace"
+        with phases("export", f"Exporting with Optimum ({trace})"):
+            exported = export_with_optimum(loaded, source.task, source.library, staging, opset, static_shapes,
+                                           exporter=exporter)
 
         instance_paths = {id(m): p for p, m in loaded.named_modules()}
         reports: list[FileReport] = []
@@ -93,7 +101,12 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
         with phases("tag", "Tagging nodes with their modules"):
             for item in exported.files:
                 root, warnings = traced_root(item, instance_paths)
-                tagged, opset_of_file = tag_file(staging / item.name, tree, root, before=alias_step)
+                tagger = None
+                if exporter == "dynamo":
+                    from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
+
+                    tagger = DynamoTaggingPass(tree, root, keep_source_info)
+                tagged, opset_of_file = tag_file(staging / item.name, tree, root, before=alias_step, tagger=tagger)
                 file_opset = file_opset or opset_of_file
                 node_counts[item.name] = tagged.node_count_by_module
                 reports.append(FileReport(item.name, root, tagged.coverage.nodes, tagged.coverage.as_dict(),
@@ -146,6 +159,7 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
             artifacts=artifacts_mod.records_as_dicts(records),
             timings=phases.timings,
             ort_model_class=ort_model_class_name(source.task, source.library, config),
+            exporter=exporter,
         )
         result.timings["total"] = time.perf_counter() - started
         document = {
@@ -154,6 +168,8 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
                        "model_class": type(loaded).__name__},
             "task": source.task,
             "library": source.library,
+            "exporter": exporter,
+            "source_info_kept": keep_source_info if exporter == "dynamo" else None,
             "ort_model_class": result.ort_model_class,
             "static_shapes": static_shapes or None,
             "static_preprocessing": static_changes or None,

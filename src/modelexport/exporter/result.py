@@ -27,6 +27,7 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)
     metadata_path: Path | None = None
     ort_model_class: str | None = None  # the optimum.onnxruntime class that loads the folder
+    exporter: str = "torchscript"  # the trace: "torchscript" or "dynamo" (torch.export)
 
     @property
     def max_abs_diff(self) -> float | None:

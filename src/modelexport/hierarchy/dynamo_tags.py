@@ -1,38 +1,34 @@
 """Tags for files written by ``torch.onnx.export(dynamo=True)``: the exporter records the module
-stack on every node itself (``pkg.torch.onnx.name_scopes``: the ``named_modules()`` path of each
-module on the call stack, then the function), so the module is read, not reconstructed.
+stack on every node itself (``pkg.torch.onnx.name_scopes``: the ``named_modules()`` path, relative
+to the traced module, of each module on the call stack, then the function), so the module is
+read, not reconstructed from node names.
 
-The deepest scope that is a module of the tree (a tied module's other name maps to the name
-``named_modules()`` keeps) is the node's module; nodes without one (shape nodes scoped
-``_empty_nn_module_stack_from_metadata_hook``) are inferred from their neighbours, then the root,
-and counted as such. By default the exporter's ``stack_trace`` and ``fx_node`` entries, which hold
-absolute file paths and source text of the machine that exported, are dropped.
+Only that first step differs from the TorchScript pass: the deepest scope that is a module of the
+tree (a tied module's other name maps to the name ``named_modules()`` keeps) is the node's
+module, refined by the parameters it reads like there (a parent reading a child's weight gives
+the node to the child). Everything after it is the same code: de-duplicated parameters'
+Identity nodes, unscoped nodes (shape nodes scoped ``_empty_nn_module_stack_from_metadata_hook``)
+inferred from neighbours, If nodes of merged decoders settled from their branches, the root
+last, all counted in the coverage report.
+
+By default the exporter's ``stack_trace`` and ``fx_node`` entries, which hold absolute file
+paths and source text of the machine that exported, are dropped.
 """
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
 
 import onnx
 
 from modelexport.hierarchy.module_tree import ModuleTree
-from modelexport.hierarchy.neighbours import infer_from_neighbours
-from modelexport.hierarchy.passes import PassResult
-from modelexport.hierarchy.tagging import Coverage, _subgraphs
-from modelexport.hierarchy.tags import namespace_for, text, write_tag
+from modelexport.hierarchy.tagging import Coverage, TaggingPass, TaggingResult, _subgraphs
+from modelexport.hierarchy.tags import text
 
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 SOURCE_INFO_KEYS = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
 
 
-@dataclass
-class DynamoTaggingResult(PassResult):
-    coverage: Coverage
-    node_count_by_module: dict[str, int]
-    source_info_removed: int = 0  # metadata entries dropped (stack traces, FX node text)
-
-
-def _scopes(node) -> list[str]:
+def name_scopes(node) -> list[str]:
     for prop in node.metadata_props:
         if text(prop.key) == NAME_SCOPES_KEY:
             try:
@@ -43,49 +39,54 @@ def _scopes(node) -> list[str]:
     return []
 
 
-class DynamoTaggingPass:
-    def __init__(self, tree: ModuleTree, keep_source_info: bool = False):
-        self.tree = tree
+class DynamoTaggingPass(TaggingPass):
+    def __init__(self, tree: ModuleTree, root_path: str = "", keep_source_info: bool = False):
+        super().__init__(tree, root_path)
         self.keep_source_info = keep_source_info
 
     def module_of(self, node) -> str | None:
-        for scope in reversed(_scopes(node)):
-            path = self.tree.canonical(scope)
-            if path in self.tree and path:
+        """The deepest module of the tree on the node's recorded call stack."""
+        for scope in reversed(name_scopes(node)):
+            full = f"{self.root_path}.{scope}" if self.root_path and scope else (scope or self.root_path)
+            path = self.tree.canonical(full)
+            if path in self.tree and path != self.root_path and self.tree.contains(self.root_path, path):
                 return path
         return None
 
-    def __call__(self, model) -> DynamoTaggingResult:
-        graph = model.graph if isinstance(model, onnx.ModelProto) else model
-        coverage, counts = Coverage(), {}
-        result = DynamoTaggingResult(coverage=coverage, node_count_by_module=counts, model=model, modified=True)
-        root_class = self.tree.modules[""].class_name
-        self._graph(graph, "", coverage, counts, root_class, result)
-        coverage.at_root = counts.get("", 0)
+    def _scoped(self, nodes, coverage: Coverage) -> list[str | None]:
+        assigned: list[str | None] = [None] * len(nodes)
+        for i, node in enumerate(nodes):
+            path = self.module_of(node)
+            if path is None:
+                # A de-duplicated parameter's Identity (no scope) belongs to the parameter it outputs.
+                owner = next((o for o in map(self.resolver.owner_of, node.output) if o), None) \
+                    if node.op_type == "Identity" else None
+                if owner is not None and self.tree.contains(self.root_path, owner):
+                    assigned[i] = owner
+                    coverage.direct += 1
+                continue
+            coverage.direct += 1
+            assigned[i] = self._refine_by_parameters(node, path, coverage)
+        return assigned
+
+    def __call__(self, model) -> TaggingResult:
+        result = super().__call__(model)
+        result.source_info_removed = 0 if self.keep_source_info else \
+            drop_source_info(model.graph if isinstance(model, onnx.ModelProto) else model)
         return result
 
-    def _graph(self, graph, fallback: str, coverage: Coverage, counts: dict, root_class: str, result) -> None:
-        nodes = graph.node
-        assigned = [self.module_of(n) for n in nodes]
-        direct = sum(p is not None for p in assigned)
-        coverage.direct += direct
-        coverage.inferred += infer_from_neighbours(nodes, assigned, self.tree.common_ancestor)
-        for i, path in enumerate(assigned):
-            if path is None:
-                assigned[i] = fallback
-                if fallback == "":
-                    coverage.root_fallback += 1
-                else:
-                    coverage.inferred += 1
-        for node, path in zip(nodes, assigned):
-            if not self.keep_source_info:
-                kept = [(p.key, p.value) for p in node.metadata_props if text(p.key) not in SOURCE_INFO_KEYS]
-                result.source_info_removed += len(node.metadata_props) - len(kept)
-                del node.metadata_props[:]
-                for key, value in kept:
-                    node.metadata_props.add(key=key, value=value)
-            write_tag(node, path, self.tree.tag(path), namespace_for(root_class, path))
-            counts[path] = counts.get(path, 0) + 1
-            coverage.nodes += 1
-            for sub in _subgraphs(node):
-                self._graph(sub, path, coverage, counts, root_class, result)
+
+def drop_source_info(graph) -> int:
+    """Remove stack traces and FX node text from every node (subgraphs too); returns how many."""
+    removed = 0
+    for node in graph.node:
+        props = node.metadata_props
+        if any(text(p.key) in SOURCE_INFO_KEYS for p in props):
+            kept = [(p.key, p.value) for p in props if text(p.key) not in SOURCE_INFO_KEYS]
+            removed += len(props) - len(kept)
+            del props[:]
+            for key, value in kept:
+                props.add(key=key, value=value)
+        for sub in _subgraphs(node):
+            removed += drop_source_info(sub)
+    return removed

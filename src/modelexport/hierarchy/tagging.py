@@ -53,6 +53,7 @@ class TaggingResult(PassResult):
     node_count_by_module: dict[str, int]
     graph_sha256: str = ""  # structure fingerprint (see fingerprint.py)
     warnings: list[str] = field(default_factory=list)
+    source_info_removed: int = 0  # dynamo files: stack-trace and FX-node entries dropped
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,28 @@ class TransformResult:
     output: Path
     files: dict[str, dict] = field(default_factory=dict)  # file -> restore counts (+ extras)
     kept_float: dict[str, int] = field(default_factory=dict)  # module glob -> nodes kept in float
+    added_ops: dict[str, dict[str, int]] = field(default_factory=dict)  # file -> op type -> nodes gained
+
+
+def op_counts(graph, counts: dict[str, int] | None = None) -> dict[str, int]:
+    """Nodes per op type (``domain:Op`` outside the default domain), subgraphs included."""
+    from modelexport.hierarchy.tagging import _subgraphs
+
+    counts = {} if counts is None else counts
+    for node in graph.node:
+        key = f"{node.domain}:{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        counts[key] = counts.get(key, 0) + 1
+        for sub in _subgraphs(node):
+            op_counts(sub, counts)
+    return counts
+
+
+def added_ops(original_graph, rewritten_graph) -> dict[str, int]:
+    """Nodes gained per op type outside the ONNX domain: the fused kernels of ONNX Runtime
+    (``com.microsoft:Attention``...) after ``optimize``; standard ops it re-arranges are not fusions."""
+    before, after = op_counts(original_graph), op_counts(rewritten_graph)
+    return {op: n - before.get(op, 0) for op, n in sorted(after.items())
+            if ":" in op and n > before.get(op, 0)}
 
 
 def _copy_side_files(src: Path, dst: Path) -> None:
@@ -30,9 +52,10 @@ def _copy_side_files(src: Path, dst: Path) -> None:
             shutil.copy2(p, dst / p.name)
 
 
-def _restore_all(src: Path, staging: Path, names: list[str], modules) -> dict[str, object]:
+def _restore_all(src: Path, staging: Path, names: list[str], modules,
+                 added: dict[str, dict[str, int]] | None = None) -> dict[str, object]:
     """Restore tags on each rewritten file; returns its RestoreCounts (with per-module counts)
-    and records the new graph's fingerprint on it."""
+    and records the new graph's fingerprint on it. ``added`` receives each file's new op types."""
     import onnx
 
     from modelexport.hierarchy.fingerprint import graph_fingerprint
@@ -44,6 +67,8 @@ def _restore_all(src: Path, staging: Path, names: list[str], modules) -> dict[st
         rewritten_path = staging / name
         rewritten = onnx.load(str(rewritten_path), load_external_data=False)
         counts = restore_tags(original, rewritten, modules)
+        if added is not None:
+            added[name] = added_ops(original.graph, rewritten.graph)
         onnx.save(rewritten, str(rewritten_path))
         onnx.checker.check_model(str(rewritten_path), full_check=False)
         counts.graph_sha256 = graph_fingerprint(rewritten.graph)
@@ -107,9 +132,10 @@ def optimize_folder(src, out, level: str = "O2", force: bool = False) -> Transfo
         except (ValueError, KeyError, NotImplementedError) as e:
             raise ModelExportError(f"Optimum's optimizer cannot optimize {src}: {str(e).splitlines()[0][:300]}") from e
         _copy_side_files(src, staging)
-        files = _restore_all(src, staging, names, modules)
-        summaries = _write_metadata(src, staging, {"step": "optimize", "level": level}, files)
-    return TransformResult(out, summaries)
+        fused: dict[str, dict[str, int]] = {}
+        files = _restore_all(src, staging, names, modules, fused)
+        summaries = _write_metadata(src, staging, {"step": "optimize", "level": level, "fused_ops": fused}, files)
+    return TransformResult(out, summaries, added_ops=fused)
 
 
 def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = False) -> TransformResult:

@@ -137,19 +137,76 @@ def _value_key(array) -> tuple:
     return array.shape, str(array.dtype), hashlib.sha1(array.tobytes()).hexdigest()
 
 
-def parameter_owners_by_value(model) -> dict[tuple, str]:
-    """Value of each parameter (and its transpose: the exporter transposes MatMul weights and
-    renames them) -> owning module, for values exactly one module has."""
+def parameter_names_by_value(model) -> dict[tuple, str]:
+    """Value of each parameter (and its transpose: the exporters transpose MatMul weights and
+    rename them) -> its ``named_parameters()`` name, for values exactly one parameter has."""
     by_value: dict[tuple, set[str]] = {}
-    for path, module in model.named_modules():
-        for _, p in module.named_parameters(recurse=False):
-            array = p.detach().cpu().numpy()
-            keys = {_value_key(array)}
-            if array.ndim == 2:
-                keys.add(_value_key(array.T))
-            for key in keys:
-                by_value.setdefault(key, set()).add(path)
-    return {key: next(iter(owners)) for key, owners in by_value.items() if len(owners) == 1}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        array = p.detach().cpu().numpy()
+        keys = {_value_key(array)}
+        if array.ndim == 2:
+            keys.add(_value_key(array.T))
+        for key in keys:
+            by_value.setdefault(key, set()).add(name)
+    # A tied parameter has several names for one value: keep it only when they share an owner.
+    unique = {}
+    for key, names in by_value.items():
+        owners = {n.rpartition(".")[0] for n in names}
+        if len(owners) == 1:
+            unique[key] = min(names)
+    return unique
+
+
+def parameter_owners_by_value(model) -> dict[tuple, str]:
+    """Value of each parameter (or its transpose) -> owning module, for values one module has."""
+    return {key: name.rpartition(".")[0] for key, name in parameter_names_by_value(model).items()}
+
+
+def nudge_parameters(model, scale: float = 0.01, seed: int = 0) -> None:
+    """A fresh model has many equal tensors (all-ones norms, zero biases), which the exporters
+    store once: nudge every parameter so each is unique and the oracle can follow it."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * scale)
+
+
+def tags_by_parameter(onnx_path: Path, names: dict[tuple, str]) -> dict[str, set[str]]:
+    """Parameter name (found by value, see ``parameter_names_by_value``) -> module paths of the
+    nodes reading it, over every graph of the file: the comparison of two exports of one model
+    that does not depend on how either exporter names its tensors."""
+    import onnx
+    from onnx import numpy_helper
+
+    from modelexport.hierarchy.tags import iter_nodes, node_tag
+
+    model = onnx.load(str(onnx_path))
+    initializers = {}
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for init in graph.initializer:
+            name = names.get(_value_key(numpy_helper.to_array(init)))
+            if name is not None:
+                initializers[init.name] = name
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                        name = names.get(_value_key(numpy_helper.to_array(attr.t)))
+                        if name is not None:
+                            initializers[node.output[0]] = name
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    graphs.append(attr.g)
+    readers: dict[str, set[str]] = {}
+    for node, graph_path in iter_nodes(model.graph):
+        for x in node.input:
+            if x in initializers:
+                readers.setdefault(initializers[x], set()).add(node_tag(node, graph_path).module_path)
+    return readers
 
 
 def oracle_violations(onnx_path: Path, owners: dict[tuple, str],
@@ -207,11 +264,7 @@ def build_tiny(model_type: str, task: str, folder: Path):
                                                         library="transformers")
     torch.manual_seed(0)
     model = (model_class.from_config(config) if hasattr(model_class, "from_config") else model_class(config)).eval()
-    # A fresh model has many equal tensors (all-ones norms, zero biases), which the exporter
-    # stores once: nudge every parameter so each is unique and the oracle can follow it.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
+    nudge_parameters(model)
     model.save_pretrained(folder)
     return model
 

@@ -39,6 +39,8 @@ class FamilyRow:
     copied: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
     export_seconds: float = 0.0
+    exporter: str = "torchscript"
+    output: str = ""  # the exported folder
     error: str | None = None
 
     def as_dict(self) -> dict:
@@ -117,19 +119,37 @@ def _compare_generate(family: Family, folder: Path, out: Path, row: FamilyRow) -
     row.same_tokens = expected.tolist() == got.tolist()
 
 
-def check_family(family: Family, workdir: Path) -> FamilyRow:
-    """Build, export and check one family; failures are recorded in the row, not raised."""
+def build_family(family: Family, workdir: Path, nudge: bool = False) -> Path:
+    """The family's model folder under ``workdir``; ``nudge``: every parameter made unique (see
+    ``breadth.nudge_parameters``) so the parameter oracle can follow each one."""
+    folder = workdir / (family.name.replace("/", "_") + "-model")
+    folder.mkdir(parents=True, exist_ok=True)
+    family.build(folder)
+    if nudge:
+        import transformers
+
+        from modelexport.testing.breadth import nudge_parameters
+
+        model = getattr(transformers, family.torch_class).from_pretrained(folder)
+        nudge_parameters(model)
+        model.save_pretrained(folder)
+    return folder
+
+
+def check_family(family: Family, workdir: Path, exporter: str = "torchscript", folder: Path | None = None) -> FamilyRow:
+    """Build (unless ``folder`` is given), export and check one family; failures are recorded in
+    the row, not raised."""
     import modelexport
     from modelexport.hierarchy.tags import read_tags
 
-    row = FamilyRow(family.name, family.task, family.ort_class)
-    folder = workdir / (family.name.replace("/", "_") + "-model")
-    out = workdir / (family.name.replace("/", "_") + "-onnx")
+    row = FamilyRow(family.name, family.task, family.ort_class, exporter=exporter)
+    out = workdir / f"{family.name.replace('/', '_')}-onnx-{exporter}"
+    row.output = str(out)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        family.build(folder)
+        if folder is None:
+            folder = build_family(family, workdir)
         start = time.perf_counter()
-        result = modelexport.export(str(folder), out, task=family.task)
+        result = modelexport.export(str(folder), out, task=family.task, exporter=exporter)
         row.export_seconds = time.perf_counter() - start
         row.export_max_abs_diff = result.max_abs_diff
         row.export_passed = all(f.validation["passed"] for f in result.files if f.validation)

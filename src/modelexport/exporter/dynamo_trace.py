@@ -1,0 +1,180 @@
+"""The dynamo trace: ``torch.onnx.export(dynamo=True)`` called with TorchScript's arguments.
+
+Optimum (and ``export_module``) describe a trace the TorchScript way: example inputs (nested
+lists and tuples for ``past_key_values``), ``input_names`` for the flattened tensors in order,
+and ``dynamic_axes`` ({name: {axis: axis name}}) for inputs and outputs. torch.export wants
+``dynamic_shapes`` with the structure of the inputs, and names its symbolic dims itself
+(``s11``, ``s0 + s28``). This module converts the one into the other and, after the export,
+names the file's dims as TorchScript would: inputs and outputs get the axis names given, and
+every derived expression is rewritten in those names. Optimum depends on that: its
+``fix_dynamic_axes`` pins any output dim whose name it did not declare, and merging decoders
+needs matching dynamic outputs.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+from modelexport.errors import ModelExportError
+
+_SYMBOL = re.compile(r"\b[su]\d+\b")
+
+
+def tensor_leaves(inputs):
+    """(leaves, spec) of ``inputs`` flattened as both exporters flatten them."""
+    from torch.utils import _pytree as pytree
+
+    return pytree.tree_flatten(inputs)
+
+
+def dynamic_shapes_for(inputs, input_names: list[str] | None, dynamic_axes: dict | None):
+    """``dynamic_shapes`` with the structure of ``inputs`` (a tuple of positional arguments or a
+    dict of keyword arguments): every tensor leaf, in flattening order, is the input
+    ``input_names[i]`` and gets its ``dynamic_axes`` entry (as axis-name strings, which
+    torch.onnx turns into ``Dim.DYNAMIC``: an error if the trace fixes them, never a silent
+    specialisation). Non-tensor leaves (``None`` in ``encoder_outputs``) get ``None``."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    if not dynamic_axes:
+        return None
+    leaves, spec = tensor_leaves(inputs)
+    names = list(input_names or [])
+    tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+    if names and len(names) != len(tensors):
+        raise ModelExportError(f"cannot map {len(names)} input names onto {len(tensors)} example tensors "
+                               "for the dynamo export")
+    shapes, index = [], 0
+    for leaf in leaves:
+        if not isinstance(leaf, torch.Tensor):
+            shapes.append(None)
+            continue
+        name = names[index] if index < len(names) else None
+        index += 1
+        axes = dynamic_axes.get(name) if name is not None else None
+        if isinstance(axes, (list, tuple)):  # torch.onnx also accepts a list of axes
+            axes = {a: f"{name}_dim_{a}" for a in axes}
+        shapes.append({int(a): str(n) for a, n in axes.items()} if axes else None)
+    return pytree.tree_unflatten(shapes, spec)
+
+
+def grow_unit_axes(inputs, input_names: list[str] | None, dynamic_axes: dict | None):
+    """Example inputs with every dynamic axis of size 1 grown to 2.
+
+    torch.export specialises a dimension whose example size is 1 (its 0/1 specialisation) without
+    an error: Optimum's decoder-with-past inputs (one new token) gave a T5 decoder whose ONNX
+    input is symbolic but whose graph only runs one token. Axes named as a sum
+    (``past_sequence_length + sequence_length``) grow with their terms, so inputs stay
+    consistent; a grown axis repeats its last slice (values do not matter to the trace)."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    if not dynamic_axes or not input_names:
+        return inputs
+    leaves, spec = tensor_leaves(inputs)
+    tensors = [(i, leaf) for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+    if len(tensors) != len(input_names):
+        return inputs
+    axes_of = [(i, leaf, {int(a): str(n) for a, n in (dynamic_axes.get(name) or {}).items()})
+               for (i, leaf), name in zip(tensors, input_names) if isinstance(dynamic_axes.get(name), dict)]
+    grow = {n for _, leaf, axes in axes_of for a, n in axes.items() if "+" not in n and leaf.shape[a] == 1}
+    if not grow:
+        return inputs
+    leaves = list(leaves)
+    for i, leaf, axes in axes_of:
+        for axis, name in axes.items():
+            delta = sum(term.strip() in grow for term in name.split("+"))
+            if delta:
+                last = leaf.narrow(axis, leaf.shape[axis] - 1, 1)
+                leaf = torch.cat([leaf] + [last] * delta, dim=axis)
+        leaves[i] = leaf
+    return pytree.tree_unflatten(leaves, spec)
+
+
+def in_signature_order(module, kwargs: dict) -> dict:
+    """Keyword inputs in the order of ``module.forward``'s parameters: the order Optimum's input
+    names follow and the one torch.export needs for dynamic shapes given by keyword."""
+    try:
+        params = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return kwargs
+    position = {name: i for i, name in enumerate(params)}
+    return {k: kwargs[k] for k in sorted(kwargs, key=lambda k: position.get(k, len(position)))}
+
+
+def name_axes(model, input_names: list[str] | None, output_names: list[str] | None, dynamic_axes: dict | None):
+    """Rename torch.export's symbolic dims (``s11``) in ``model`` (an ``onnx.ModelProto``) to the
+    axis names of ``dynamic_axes``: inputs first (which defines each symbol's name), then every
+    expression in outputs and intermediate shapes; outputs listed in ``dynamic_axes`` get the
+    declared name on those axes, as TorchScript writes them. Returns the symbol -> name map."""
+    if not dynamic_axes:
+        return {}
+    graph = model.graph
+    mapping: dict[str, str] = {}
+    for value in graph.input:
+        axes = dynamic_axes.get(value.name) or {}
+        dims = value.type.tensor_type.shape.dim
+        for axis, name in (axes.items() if isinstance(axes, dict) else ()):
+            axis = int(axis)
+            if axis >= len(dims):
+                continue
+            dim = dims[axis]
+            if not dim.HasField("dim_param"):
+                raise ModelExportError(f"the dynamo trace fixed axis {axis} ({name}) of input {value.name} to "
+                                       f"{dim.dim_value}; the model's code does not let it vary")
+            mapping.setdefault(dim.dim_param, str(name))
+            dim.dim_param = str(name)
+
+    def rename(text: str) -> str:
+        return _SYMBOL.sub(lambda m: mapping.get(m.group(), m.group()), text)
+
+    for value in list(graph.output) + list(graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.dim_param = rename(dim.dim_param)
+    for value in graph.output:
+        axes = dynamic_axes.get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        for axis, name in (axes.items() if isinstance(axes, dict) else ()):
+            if int(axis) < len(dims) and dims[int(axis)].HasField("dim_param"):
+                dims[int(axis)].dim_param = str(name)
+    return mapping
+
+
+def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input_names=None, output_names=None,
+                  dynamic_axes=None, opset: int, onnx_export=None) -> None:
+    """Trace ``module(*args, **kwargs)`` with torch.export and write the ONNX file to ``path``,
+    with dims named as ``dynamic_axes`` names them. ``onnx_export``: torch's ``torch.onnx.export``
+    when that name is replaced for Optimum (see ``optimum_traces_with_dynamo``)."""
+    import onnx
+    import torch
+
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ModelExportError("the dynamo exporter needs onnxscript: pip install onnxscript "
+                               "(or modelexport[dynamo])") from e
+    if kwargs:
+        if args:  # one structure for dynamic_shapes: positional arguments bound to their names
+            kwargs = {**inspect.signature(module.forward).bind_partial(*args).arguments, **kwargs}
+            args = ()
+        kwargs = in_signature_order(module, kwargs)
+    if kwargs:
+        kwargs = grow_unit_axes(kwargs, input_names, dynamic_axes)
+    else:
+        args = grow_unit_axes(tuple(args), input_names, dynamic_axes)
+    shapes = dynamic_shapes_for(kwargs if kwargs else tuple(args), input_names, dynamic_axes)
+    program = (onnx_export or torch.onnx.export)(module, tuple(args), kwargs=kwargs or None,
+                                                 input_names=input_names,
+                                                 output_names=output_names, dynamic_shapes=shapes,
+                                                 opset_version=opset, dynamo=True, verbose=False)
+    # Weights inside the file below protobuf's 2 GiB limit, as the TorchScript exporter writes them.
+    program.save(str(path), external_data=None)
+    model = onnx.load(str(path), load_external_data=False)
+    name_axes(model, input_names, output_names, dynamic_axes)
+    # The exporter's notes on graph inputs and outputs (torch.export's input kinds, FX names):
+    # Optimum's decoder merge compares output ValueInfos whole and fails on them.
+    for value in list(model.graph.input) + list(model.graph.output):
+        del value.metadata_props[:]
+    onnx.save(model, str(path))
