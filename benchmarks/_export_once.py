@@ -1,4 +1,5 @@
-"""One export in a fresh process, timed after imports; prints a JSON line. Used by export_vs_optimum.py."""
+"""One export in a fresh process, timed after imports; prints a JSON line. Used by export_vs_optimum.py
+and dynamo_vs_torchscript.py."""
 from __future__ import annotations
 
 import json
@@ -30,11 +31,13 @@ def main() -> None:
         main_export(model, out, task=task)
         seconds = time.perf_counter() - start
         phases = {}
-    elif tool == "modelexport":
+    elif tool.startswith("modelexport"):  # modelexport, modelexport-dynamo, modelexport-dynamo-source
         import modelexport
 
+        exporter = "dynamo" if "dynamo" in tool else "torchscript"
         start = time.perf_counter()
-        result = modelexport.export(model, out, task=task)
+        result = modelexport.export(model, out, task=task, exporter=exporter,
+                                    keep_source_info=tool.endswith("-source"))
         seconds = time.perf_counter() - start
         phases = result.timings
     elif tool == "dynamo":

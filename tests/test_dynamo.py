@@ -31,11 +31,14 @@ class Stack(torch.nn.Module):
         super().__init__()
         self.layers = torch.nn.ModuleList([Block(), Block()])
         self.shared = torch.nn.Linear(4, 4)  # called twice
+        # Named like the FX node of the first F.layer_norm call (in layers.0.norm), which the
+        # exporter appends to every node's module stack: that name is not a module.
+        self.layer_norm = torch.nn.LayerNorm(4)
 
     def forward(self, x):
         for layer in self.layers:
             x = layer(x)
-        return self.shared(self.shared(x))
+        return self.layer_norm(self.shared(self.shared(x)))
 
 
 def _stack():
@@ -67,7 +70,8 @@ def test_dynamo_tags_agree_with_torchscript(tmp_path):
         assert module == parameter.rpartition(".")[0], (parameter, module)  # the owner, by the oracle
         if parameter in ts:
             assert ts[parameter] == module
-    assert {"layers.0.lin.weight", "layers.1.norm.bias", "shared.weight"} <= set(dyn)
+    assert {"layers.0.lin.weight", "layers.0.norm.weight", "layers.1.norm.bias", "shared.weight",
+            "layer_norm.weight"} <= set(dyn)
     cov = result.files[0].coverage
     assert cov["nodes"] == cov["direct"] + cov["inferred"] + cov["root_fallback"] and cov["root_fallback"] == 0
     session = ort.InferenceSession(str(tmp_path / "dyn.onnx"), providers=["CPUExecutionProvider"])
@@ -168,3 +172,86 @@ def test_export_dynamo_files_keep_no_local_paths_and_dims_are_named(both_exports
     merged = onnx.load(out / "decoder_model_merged.onnx", load_external_data=False)
     names = [i.name for i in merged.graph.input]
     assert "use_cache_branch" in names and "past_key_values.0.decoder.key" in names
+
+
+def test_dynamo_user_errors_are_one_line(tiny_bert_dir, tmp_path):
+    from test_cli import assert_clean_error, run_cli
+
+    out = tmp_path / "out"
+    proc = run_cli("export", tiny_bert_dir, out, "--keep-source-info")
+    assert proc.returncode == 1
+    assert_clean_error(proc, "--keep-source-info", "--exporter dynamo")
+    proc = run_cli("export", tiny_bert_dir, out, "--exporter", "dynamo", "--opset", "14")
+    assert proc.returncode == 1
+    assert_clean_error(proc, "opset 14", "18 to")
+    assert not out.exists()
+    # The same command with a valid opset and static shapes: the CLI path end to end.
+    proc = run_cli("export", tiny_bert_dir, out, "--exporter", "dynamo", "--opset", "19", "--format", "json",
+                   "--static-shapes", "batch_size=1,sequence_length=12")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["exporter"] == "dynamo" and summary["opset"] == 19
+    (file,) = summary["files"]
+    assert file["coverage"]["root_fallback"] == 0 and file["validation"]["passed"]
+    model = onnx.load(out / "model.onnx", load_external_data=False)
+    assert [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input] == [[1, 12]] * 3
+
+
+def test_per_module_tools_work_on_a_dynamo_export(both_exports, tmp_path):
+    """analyze, profile, extract, quantize, diff and optimize on the files torch.export wrote."""
+    from test_cli import run_cli
+
+    from modelexport.runtime.transform import op_counts
+
+    _, _, rows = both_exports("bert/fill-mask")
+    folder = Path(rows["dynamo"].output)
+    layer = "bert.encoder.layer.1"
+
+    analysis = json.loads(run_cli("analyze", folder, "--format", "json").stdout)
+    modules = {m["module_path"]: m for m in analysis["files"]["model.onnx"]["modules"]}
+    assert analysis["files"]["model.onnx"]["untagged_nodes"] == 0 and modules[layer]["nodes_total"] > 10
+
+    profile = json.loads(run_cli("profile", folder, "--runs", "2", "--format", "json").stdout)
+    timed = {m["module_path"] for m in profile["files"]["model.onnx"]["modules"]}
+    assert f"{layer}.attention.self.query" in timed
+
+    part = tmp_path / "layer1.onnx"
+    assert run_cli("extract", folder, "--module", layer, "-o", part).returncode == 0
+    extracted = onnx.load(part)
+    tags = {p.value for n in extracted.graph.node for p in n.metadata_props if p.key == "module_path"}
+    assert tags and all(t == layer or t.startswith(layer + ".") for t in tags)
+    session = ort.InferenceSession(str(part), providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.random.default_rng(0).standard_normal(
+        [d if isinstance(d, int) else 3 for d in i.shape]).astype(np.float32) for i in session.get_inputs()
+        if i.type == "tensor(float)"}
+    if len(feeds) == len(session.get_inputs()):  # float boundary inputs only: it runs by itself
+        assert session.run(None, feeds)[0].shape[-1] == 32
+
+    quantized = tmp_path / "q"
+    proc = run_cli("quantize", folder, "-o", quantized, "--exclude-modules", "bert.encoder.layer.0")
+    assert proc.returncode == 0, proc.stderr
+    q = onnx.load(quantized / "model.onnx")
+    by_module = {}
+    for node in q.graph.node:
+        path = next(p.value for p in node.metadata_props if p.key == "module_path")
+        by_module.setdefault(path.split(".attention")[0].split(".intermediate")[0].split(".output")[0], set()).add(
+            node.op_type)
+    assert "MatMulInteger" not in by_module["bert.encoder.layer.0"] and "MatMul" in by_module["bert.encoder.layer.0"]
+    assert "MatMulInteger" in by_module[layer]
+
+    diff = json.loads(run_cli("diff", folder, quantized, "--format", "json").stdout)
+    errors = {m["module_path"]: m for m in diff["files"]["model.onnx"]["modules"]}
+    assert errors[layer]["max_abs"] > 0
+
+    optimized = tmp_path / "o2"
+    proc = run_cli("optimize", folder, "-o", optimized)
+    assert proc.returncode == 0, proc.stderr
+    fused_line = next(line for line in proc.stdout.splitlines() if line.startswith("fused in model.onnx:"))
+    contrib = {op.split(":")[1]: n for op, n in op_counts(onnx.load(optimized / "model.onnx").graph).items()
+               if op.startswith("com.microsoft:")}
+    if contrib:  # the line names exactly the fused ops the file holds
+        assert fused_line == "fused in model.onnx: " + ", ".join(f"{op} x{n}" for op, n in sorted(contrib.items()))
+    else:
+        assert "nothing" in fused_line
+    meta = json.loads((optimized / "modelexport_metadata.json").read_text())
+    assert meta["transforms"][-1]["fused_ops"]["model.onnx"] == {f"com.microsoft:{k}": v for k, v in contrib.items()}

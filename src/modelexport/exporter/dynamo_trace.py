@@ -28,12 +28,13 @@ def tensor_leaves(inputs):
     return pytree.tree_flatten(inputs)
 
 
-def dynamic_shapes_for(inputs, input_names: list[str] | None, dynamic_axes: dict | None):
+def dynamic_shapes_for(inputs, input_names: list[str] | None, dynamic_axes: dict | None, auto: bool = False):
     """``dynamic_shapes`` with the structure of ``inputs`` (a tuple of positional arguments or a
     dict of keyword arguments): every tensor leaf, in flattening order, is the input
     ``input_names[i]`` and gets its ``dynamic_axes`` entry (as axis-name strings, which
     torch.onnx turns into ``Dim.DYNAMIC``: an error if the trace fixes them, never a silent
-    specialisation). Non-tensor leaves (``None`` in ``encoder_outputs``) get ``None``."""
+    specialisation). ``auto``: ``Dim.AUTO`` instead, which lets the trace fix an axis the model's
+    code fixes. Non-tensor leaves (``None`` in ``encoder_outputs``) get ``None``."""
     import torch
     from torch.utils import _pytree as pytree
 
@@ -55,7 +56,7 @@ def dynamic_shapes_for(inputs, input_names: list[str] | None, dynamic_axes: dict
         axes = dynamic_axes.get(name) if name is not None else None
         if isinstance(axes, (list, tuple)):  # torch.onnx also accepts a list of axes
             axes = {a: f"{name}_dim_{a}" for a in axes}
-        shapes.append({int(a): str(n) for a, n in axes.items()} if axes else None)
+        shapes.append({int(a): torch.export.Dim.AUTO if auto else str(n) for a, n in axes.items()} if axes else None)
     return pytree.tree_unflatten(shapes, spec)
 
 
@@ -107,11 +108,13 @@ def name_axes(model, input_names: list[str] | None, output_names: list[str] | No
     """Rename torch.export's symbolic dims (``s11``) in ``model`` (an ``onnx.ModelProto``) to the
     axis names of ``dynamic_axes``: inputs first (which defines each symbol's name), then every
     expression in outputs and intermediate shapes; outputs listed in ``dynamic_axes`` get the
-    declared name on those axes, as TorchScript writes them. Returns the symbol -> name map."""
+    declared name on those axes, as TorchScript writes them. Returns the symbol -> name map and
+    the declared input axes the trace fixed (one sentence each)."""
     if not dynamic_axes:
-        return {}
+        return {}, []
     graph = model.graph
     mapping: dict[str, str] = {}
+    fixed: list[str] = []
     for value in graph.input:
         axes = dynamic_axes.get(value.name) or {}
         dims = value.type.tensor_type.shape.dim
@@ -121,8 +124,9 @@ def name_axes(model, input_names: list[str] | None, output_names: list[str] | No
                 continue
             dim = dims[axis]
             if not dim.HasField("dim_param"):
-                raise ModelExportError(f"the dynamo trace fixed axis {axis} ({name}) of input {value.name} to "
-                                       f"{dim.dim_value}; the model's code does not let it vary")
+                fixed.append(f"axis {axis} ({name}) of input {value.name} is fixed at {dim.dim_value}: the model's "
+                             "code does not let it vary (Optimum declares it dynamic)")
+                continue
             mapping.setdefault(dim.dim_param, str(name))
             dim.dim_param = str(name)
 
@@ -139,22 +143,22 @@ def name_axes(model, input_names: list[str] | None, output_names: list[str] | No
         for axis, name in (axes.items() if isinstance(axes, dict) else ()):
             if int(axis) < len(dims) and dims[int(axis)].HasField("dim_param"):
                 dims[int(axis)].dim_param = str(name)
-    return mapping
+    return mapping, fixed
 
 
 def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input_names=None, output_names=None,
-                  dynamic_axes=None, opset: int, onnx_export=None) -> None:
+                  dynamic_axes=None, opset: int, onnx_export=None) -> list[str]:
     """Trace ``module(*args, **kwargs)`` with torch.export and write the ONNX file to ``path``,
     with dims named as ``dynamic_axes`` names them. ``onnx_export``: torch's ``torch.onnx.export``
-    when that name is replaced for Optimum (see ``optimum_traces_with_dynamo``)."""
+    when that name is replaced for Optimum (see ``optimum_traces_with_dynamo``). Needs onnxscript
+    (``optimum_bridge.check_exporter`` says so before any work).
+
+    Axes are first declared ``Dim.DYNAMIC``: a trace that fixes one fails. Only then is it traced
+    again with ``Dim.AUTO``, and each declared axis the model's code fixed (ViT's image size and
+    channels: its patch embedding checks them) is returned as a warning, not hidden."""
     import onnx
     import torch
 
-    try:
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise ModelExportError("the dynamo exporter needs onnxscript: pip install onnxscript "
-                               "(or modelexport[dynamo])") from e
     if kwargs:
         if args:  # one structure for dynamic_shapes: positional arguments bound to their names
             kwargs = {**inspect.signature(module.forward).bind_partial(*args).arguments, **kwargs}
@@ -164,17 +168,55 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
         kwargs = grow_unit_axes(kwargs, input_names, dynamic_axes)
     else:
         args = grow_unit_axes(tuple(args), input_names, dynamic_axes)
-    shapes = dynamic_shapes_for(kwargs if kwargs else tuple(args), input_names, dynamic_axes)
-    program = (onnx_export or torch.onnx.export)(module, tuple(args), kwargs=kwargs or None,
-                                                 input_names=input_names,
-                                                 output_names=output_names, dynamic_shapes=shapes,
-                                                 opset_version=opset, dynamo=True, verbose=False)
+    inputs = kwargs if kwargs else tuple(args)
+
+    def trace(auto: bool):
+        return (onnx_export or torch.onnx.export)(
+            module, tuple(args), kwargs=kwargs or None, input_names=input_names, output_names=output_names,
+            dynamic_shapes=dynamic_shapes_for(inputs, input_names, dynamic_axes, auto=auto), opset_version=opset,
+            dynamo=True, verbose=False)
+
+    fixed_by_code: list[str] = []
+    try:
+        program = trace(auto=False)
+    except Exception as e:
+        fixed_by_code = _fixed_by_the_model(e, dynamic_axes)
+        if not dynamic_axes or not fixed_by_code:
+            raise
+        program = trace(auto=True)
     # Weights inside the file below protobuf's 2 GiB limit, as the TorchScript exporter writes them.
     program.save(str(path), external_data=None)
     model = onnx.load(str(path), load_external_data=False)
-    name_axes(model, input_names, output_names, dynamic_axes)
+    _, fixed = name_axes(model, input_names, output_names, dynamic_axes)
     # The exporter's notes on graph inputs and outputs (torch.export's input kinds, FX names):
     # Optimum's decoder merge compares output ValueInfos whole and fails on them.
     for value in list(model.graph.input) + list(model.graph.output):
         del value.metadata_props[:]
     onnx.save(model, str(path))
+    return fixed_by_code + fixed
+
+
+_FIXED = re.compile(r"static shape of (\d+) for dimension inputs\['(\w+)'\]((?:\[\d+\])*)\.shape\[(\d+)\]")
+
+
+def _fixed_by_the_model(error: BaseException, dynamic_axes: dict | None) -> list[str]:
+    """What torch.export said when it refused ``Dim.DYNAMIC`` axes the traced code fixes (ViT's
+    patch embedding checks channels and image size), one sentence per axis; empty for any other
+    failure."""
+    seen, found, conflict = set(), [], False
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if "user-specified ranges and inferred ranges" in text or "Constraints violated" in text:
+            conflict = True
+            for size, name, index, axis in _FIXED.findall(text):
+                declared = (dynamic_axes or {}).get(name) if not index else None
+                label = f" ({declared[int(axis)]})" if isinstance(declared, dict) and int(axis) in declared else ""
+                sentence = (f"axis {axis}{label} of input {name}{index} is fixed at {size} by the model's code "
+                            "(Optimum declares it dynamic; other sizes will fail at run time)")
+                if sentence not in found:
+                    found.append(sentence)
+        error = error.__cause__ or error.__context__
+    if conflict and not found:
+        found.append("torch.export found input axes the model's code fixes (Optimum declares them dynamic)")
+    return found

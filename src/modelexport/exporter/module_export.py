@@ -31,10 +31,8 @@ def export_module(
     ``keep_source_info``. The file appears at ``path`` only once it is complete and tagged.
     The exporters' warnings and progress prints are silenced unless ``verbose``.
     """
-    from modelexport.errors import ModelExportError
-    from modelexport.quiet import silenced, stdout_swallowed
-
     from modelexport.exporter.optimum_bridge import check_exporter, check_opset
+    from modelexport.quiet import silenced, stdout_swallowed
 
     check_exporter(exporter, keep_source_info)
     check_opset(opset, exporter)
@@ -56,6 +54,7 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    trace_warnings: list[str] = []
     started = time.perf_counter()
     tree = ModuleTree.from_module(module)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
@@ -69,7 +68,7 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
                 from modelexport.exporter.dynamo_trace import export_dynamo
                 from modelexport.exporter.optimum_compat import dynamo_opset_range
 
-                export_dynamo(module, args, None, tmp, input_names=input_names, output_names=output_names,
+                trace_warnings = export_dynamo(module, args, None, tmp, input_names=input_names, output_names=output_names,
                               dynamic_axes=dynamic_axes, opset=opset or dynamo_opset_range()[0])
             else:
                 torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
@@ -88,6 +87,7 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
         tmp.unlink(missing_ok=True)
         raise
     timings["total"] = time.perf_counter() - started
-    report = FileReport(path.name, "", tagged.coverage.nodes, tagged.coverage.as_dict())
+    report = FileReport(path.name, "", tagged.coverage.nodes, tagged.coverage.as_dict(),
+                        warnings=trace_warnings + tagged.warnings)
     return ExportResult(output=path, files=[report], opset=file_opset, timings=timings, exporter=exporter)
 

@@ -8,7 +8,7 @@ replaced by ours (validation.py), which runs on the tagged files and reports the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelexport.errors import ModelExportError, disk_error_message
@@ -40,6 +40,7 @@ class ValidationTarget:
 class OptimumExport:
     files: list[ExportedFile]
     validations: list[ValidationTarget]
+    trace_warnings: dict[str, list[str]] = field(default_factory=dict)  # file -> what the trace fixed
 
 
 def export_with_optimum(model, task: str, library: str, output_dir: Path, opset: int | None,
@@ -59,7 +60,8 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
     default = getattr(main_config, "DEFAULT_ONNX_OPSET", None)
     if exporter == "dynamo" and opset is None:
         opset = max(default or 0, dynamo_opset_range()[0])
-    trace = optimum_traces_with_dynamo() if exporter == "dynamo" else contextlib.nullcontext()
+    trace_warnings: dict[str, list[str]] = {}
+    trace = optimum_traces_with_dynamo(trace_warnings) if exporter == "dynamo" else contextlib.nullcontext()
     try:
         with no_preprocessor_reload(getattr(model, "config", None)), trace:
             onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False,
@@ -102,7 +104,7 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
         config_dict = config.to_dict() if hasattr(config, "to_dict") else None
         for f in files:
             infer_static_shapes(output_dir / f.name, config_dict)
-    return OptimumExport(files, validations)
+    return OptimumExport(files, validations, trace_warnings)
 
 
 def export_error_summary(error: BaseException) -> str:

@@ -89,7 +89,7 @@ def dynamo_opset_range() -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def optimum_traces_with_dynamo():
+def optimum_traces_with_dynamo(warnings: dict[str, list[str]] | None = None):
     """Inside the block, Optimum's ``export_pytorch`` traces with torch.export.
 
     optimum-onnx 0.1.0 hard-codes ``torch.onnx.export(model, (dummy_inputs,), f=..., input_names=...,
@@ -97,6 +97,7 @@ def optimum_traces_with_dynamo():
     (it imports ``torch.onnx.export`` at call time); everything around the call (the model
     patcher, dummy inputs, names, dynamic axes, external data, post-processing) stays Optimum's.
     Only that call is replaced, by one that passes the same description to the dynamo exporter.
+    ``warnings`` receives, per file name, what the trace could not keep as declared.
     """
     check_versions()
     import torch.onnx
@@ -110,9 +111,11 @@ def optimum_traces_with_dynamo():
         args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
         if args and isinstance(args[-1], dict) and kwargs is None:  # TorchScript's "dict last" convention
             args, kwargs = args[:-1], args[-1]
-        export_dynamo(model, args, kwargs, Path(f), input_names=list(input_names or []) or None,
-                      output_names=list(output_names or []) or None, dynamic_axes=dynamic_axes,
-                      opset=opset_version, onnx_export=original)
+        notes = export_dynamo(model, args, kwargs, Path(f), input_names=list(input_names or []) or None,
+                              output_names=list(output_names or []) or None, dynamic_axes=dynamic_axes,
+                              opset=opset_version, onnx_export=original)
+        if warnings is not None and notes:
+            warnings.setdefault(Path(f).name, []).extend(notes)
 
     torch.onnx.export = trace
     try:

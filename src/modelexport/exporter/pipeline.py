@@ -101,6 +101,7 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
         with phases("tag", "Tagging nodes with their modules"):
             for item in exported.files:
                 root, warnings = traced_root(item, instance_paths)
+                warnings += [f"{item.name}: {w}" for w in exported.trace_warnings.get(item.name, [])]
                 tagger = None
                 if exporter == "dynamo":
                     from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass

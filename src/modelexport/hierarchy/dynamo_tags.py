@@ -29,13 +29,20 @@ SOURCE_INFO_KEYS = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
 
 
 def name_scopes(node) -> list[str]:
+    """The module stack the exporter recorded for ``node``: ``named_modules()`` paths, outermost first.
+
+    The exporter's list ends with the FX node's own name (``layer_norm``, ``linear_3``), which is
+    no module: a model with a child named ``layer_norm`` would otherwise claim the first
+    ``F.layer_norm`` call of any module (Whisper's encoder did). It is dropped here."""
     for prop in node.metadata_props:
         if text(prop.key) == NAME_SCOPES_KEY:
             try:
                 value = ast.literal_eval(text(prop.value))
             except (ValueError, SyntaxError):
                 return []
-            return [s for s in value if isinstance(s, str)] if isinstance(value, (list, tuple)) else []
+            if not isinstance(value, (list, tuple)):
+                return []
+            return [s for s in value[:-1] if isinstance(s, str)]
     return []
 
 

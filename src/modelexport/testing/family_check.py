@@ -41,6 +41,7 @@ class FamilyRow:
     export_seconds: float = 0.0
     exporter: str = "torchscript"
     output: str = ""  # the exported folder
+    warnings: list[str] = field(default_factory=list)  # what the export told the user about its files
     error: str | None = None
 
     def as_dict(self) -> dict:
@@ -154,6 +155,7 @@ def check_family(family: Family, workdir: Path, exporter: str = "torchscript", f
         row.export_max_abs_diff = result.max_abs_diff
         row.export_passed = all(f.validation["passed"] for f in result.files if f.validation)
         for report in result.files:
+            row.warnings += report.warnings
             tags = read_tags(out / report.name)
             row.files.append(report.name)
             row.file_roots[report.name] = report.root_module
