@@ -121,11 +121,12 @@ def _tags_agree(family, row, dyn, folder: Path) -> str:
     weight norm, BatchNorm into Conv; TorchScript folds BatchNorm) is counted apart."""
     import transformers
 
+    from modelexport.hierarchy.module_tree import ModuleTree
     from modelexport.testing.breadth import parameter_names_by_value, tags_by_parameter
 
     model = getattr(transformers, family.torch_class).from_pretrained(folder)
     names = parameter_names_by_value(model)
-    same = both = owned = only_ts = only_dyn = 0
+    same = both = owned = parent = only_ts = only_dyn = 0
     for file in row.files:
         ts = tags_by_parameter(Path(row.output) / file, names)
         dy = tags_by_parameter(Path(dyn.output) / file, names)
@@ -134,10 +135,14 @@ def _tags_agree(family, row, dyn, folder: Path) -> str:
         for parameter in set(ts) & set(dy):
             both += 1
             same += ts[parameter] == dy[parameter]
-            owned += dy[parameter] == {parameter.rpartition(".")[0]}
+            owner = parameter.rpartition(".")[0]
+            owned += dy[parameter] == {owner}
+            parent += len(dy[parameter]) == 1 and ModuleTree.contains(next(iter(dy[parameter])), owner) and \
+                dy[parameter] != {owner}
     mark = "yes" if same == both else "**no**"
     folded = f"; folded by one path: {only_ts} dynamo, {only_dyn} TorchScript" if only_ts or only_dyn else ""
-    return f"{mark}: {same}/{both} same, {owned}/{both} dynamo tag = owner{folded}"
+    partial = f", {parent} its parent (partial: Conv + folded BatchNorm)" if parent else ""
+    return f"{mark}: {same}/{both} same, {owned}/{both} dynamo tag = owner{partial}{folded}"
 
 
 def _dynamo_row(family, row, dyn, folder: Path) -> str:

@@ -119,7 +119,7 @@ def both_exports(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name", ["bert/fill-mask", "gpt2", "t5"])
+@pytest.mark.parametrize("name", ["bert/fill-mask", "gpt2", "t5", "resnet"])
 def test_export_dynamo_loads_in_optimum_and_tags_agree_with_torchscript(name, both_exports):
     import transformers
 
@@ -132,7 +132,7 @@ def test_export_dynamo_loads_in_optimum_and_tags_agree_with_torchscript(name, bo
     assert dyn.files == ts.files
     assert dyn.untagged_nodes == 0 and dyn.root_fallback == 0
     assert dyn.direct + dyn.inferred == dyn.nodes
-    assert dyn.nodes < ts.nodes  # torch.export's graphs are smaller
+    assert dyn.nodes <= ts.nodes  # torch.export's graphs are smaller (ResNet: the same 17)
     if family.check == "generate":
         assert dyn.same_tokens is True and len(dyn.tokens) > 6  # greedy generate() with the KV cache
     else:
@@ -148,9 +148,16 @@ def test_export_dynamo_loads_in_optimum_and_tags_agree_with_torchscript(name, bo
         assert set(by_ts) == set(by_dyn), file
         for parameter, modules in by_dyn.items():
             assert modules == by_ts[parameter], (file, parameter, modules, by_ts[parameter])
-            assert modules == {parameter.rpartition(".")[0]}, (file, parameter, modules)
+            owner = parameter.rpartition(".")[0]
+            if owner.endswith(".normalization"):  # ResNet: BatchNorm folded into the Conv before it
+                assert modules == {owner.rpartition(".")[0]}, (file, parameter, modules)
+            else:
+                assert modules == {owner}, (file, parameter, modules)
             compared += 1
-    assert compared >= {"bert/fill-mask": 38, "gpt2": 25, "t5": 90}[name]
+    assert compared >= {"bert/fill-mask": 38, "gpt2": 25, "t5": 90, "resnet": 6}[name]
+    if name == "resnet":  # both paths say the folded Conv nodes are partial, and why
+        for row in (ts, dyn):
+            assert any("BatchNorm the exporter folded" in w for w in row.warnings), row.warnings
 
 
 def test_export_dynamo_files_keep_no_local_paths_and_dims_are_named(both_exports):
@@ -255,3 +262,20 @@ def test_per_module_tools_work_on_a_dynamo_export(both_exports, tmp_path):
         assert "nothing" in fused_line
     meta = json.loads((optimized / "modelexport_metadata.json").read_text())
     assert meta["transforms"][-1]["fused_ops"]["model.onnx"] == {f"com.microsoft:{k}": v for k, v in contrib.items()}
+
+
+def test_a_failed_trace_is_summarised_in_one_plain_line():
+    """torch.export's errors open with a coloured, multi-line how-to-debug banner; the user gets
+    what went wrong."""
+    from modelexport.exporter.optimum_bridge import export_error_summary
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x.nonzero().sum() if x.sum() > 0 else x  # branch on a value: torch.export refuses
+
+    with pytest.raises(Exception) as caught:
+        torch.onnx.export(DataDependent(), (torch.randn(3),), dynamo=True, verbose=False)
+    summary = export_error_summary(caught.value)
+    assert "\n" not in summary and "\x1b" not in summary and len(summary) <= 200
+    assert not summary.startswith("Failed to export")  # the banner's first line says nothing
+    assert "data" in summary.lower() or "guard" in summary.lower(), summary

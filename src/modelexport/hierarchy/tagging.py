@@ -209,15 +209,16 @@ class TaggingPass:
         return TaggingResult(coverage, counts, warnings=warnings, model=model, modified=bool(paths))
 
     def _folded_batch_norms(self, paths: list[tuple[onnx.NodeProto, str]], coverage: Coverage) -> list[str]:
-        """The TorchScript exporter folds an eval-mode BatchNorm into the Conv before it: one Conv
-        node then computes both, and the BatchNorm module has no node. Tagging that node with the
-        Conv alone would hide the BatchNorm from every per-module tool, so it gets the modules'
-        common parent, counted as partial, and the user is told."""
+        """Both exporters fold an eval-mode BatchNorm into the Conv before it: one Conv node then
+        computes both, and one of the two modules has no node (TorchScript keeps the Conv's scope,
+        torch.export's optimizer the BatchNorm's). Tagging that node with either alone would hide
+        the other from every per-module tool, so it gets the modules' common parent, counted as
+        partial, and the user is told."""
         modules = self.tree.modules
         used = {path for _, path in paths}
         moved = 0
         for path, info in modules.items():
-            if "BatchNorm" not in info.class_name or path in used or info.parent is None \
+            if "BatchNorm" not in info.class_name or info.parent is None \
                     or not self.tree.contains(self.root_path, path):
                 continue
             siblings = modules[info.parent].children
@@ -225,9 +226,12 @@ class TaggingPass:
             if position == 0:
                 continue
             conv = siblings[position - 1]
+            if path in used and conv in used:
+                continue
+            holder = conv if path not in used else path  # the module whose scope the Conv kept
             parent = self.tree.common_ancestor([conv, path])
             for k, (node, tagged) in enumerate(paths):
-                if tagged == conv and node.op_type == "Conv":
+                if tagged == holder and node.op_type == "Conv":
                     paths[k] = (node, parent)
                     moved += 1
         if not moved:
