@@ -80,6 +80,10 @@ def main() -> int:
               "merged decoder whose If-subgraphs hold both decoders; every node of every file is counted above. "
               "Audio models take no attention mask in Optimum's export, so the check uses equal-length clips."]
     lines += dynamo_lines
+    lines += ["", "A **no** where every dynamo tag is the owner means the TorchScript tag is the one that misses: "
+              "Whisper's encoder adds `embed_positions.weight` itself, which the TorchScript path leaves with the "
+              "encoder (a known miss, see docs/breadth.md) and torch.export records under `embed_positions`. "
+              "Warnings are what `export` printed for the dynamo files."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
@@ -140,7 +144,7 @@ def _tags_agree(family, row, dyn, folder: Path) -> str:
             parent += len(dy[parameter]) == 1 and ModuleTree.contains(next(iter(dy[parameter])), owner) and \
                 dy[parameter] != {owner}
     mark = "yes" if same == both else "**no**"
-    folded = f"; folded by one path: {only_ts} dynamo, {only_dyn} TorchScript" if only_ts or only_dyn else ""
+    folded = f"; folded into constants: {only_ts} by dynamo, {only_dyn} by TorchScript" if only_ts or only_dyn else ""
     partial = f", {parent} its parent (partial: Conv + folded BatchNorm)" if parent else ""
     return f"{mark}: {same}/{both} same, {owned}/{both} dynamo tag = owner{partial}{folded}"
 

@@ -279,3 +279,27 @@ def test_a_failed_trace_is_summarised_in_one_plain_line():
     assert "\n" not in summary and "\x1b" not in summary and len(summary) <= 200
     assert not summary.startswith("Failed to export")  # the banner's first line says nothing
     assert "data" in summary.lower() or "guard" in summary.lower(), summary
+
+
+def test_optimize_a_dynamo_gpt2(both_exports, tmp_path):
+    """ONNX Runtime's GPT-2 pass crashed (IndexError) on the bias-less Gemm torch.export writes for
+    lm_head; optimize gives it an explicit zero bias in a copy first. Same outputs, every node tagged."""
+    from modelexport.runtime.dummy_inputs import make_inputs
+    from modelexport.runtime.transform import optimize_folder
+
+    _, _, rows = both_exports("gpt2")
+    folder = Path(rows["dynamo"].output)
+    result = optimize_folder(folder, tmp_path / "o2", "O2")
+    assert result.files["model.onnx"]["root"] == 0
+    assert result.added_ops["model.onnx"], "the GPT-2 pass fused nothing"
+    # No leftover of the prepared copy: the source's files plus Optimum's ort_config.json.
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == sorted(
+        [p.name for p in folder.iterdir()] + ["ort_config.json"])
+    before = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(str(tmp_path / "o2" / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = make_inputs(before, None, 2, 5)
+    for a, b in zip(before.run(None, feed), after.run(None, feed)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    tags = [p.key for n in onnx.load(tmp_path / "o2" / "model.onnx").graph.node for p in n.metadata_props
+            if p.key == "module_path"]
+    assert len(tags) == len(onnx.load(tmp_path / "o2" / "model.onnx").graph.node)

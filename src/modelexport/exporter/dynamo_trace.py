@@ -54,8 +54,6 @@ def dynamic_shapes_for(inputs, input_names: list[str] | None, dynamic_axes: dict
         name = names[index] if index < len(names) else None
         index += 1
         axes = dynamic_axes.get(name) if name is not None else None
-        if isinstance(axes, (list, tuple)):  # torch.onnx also accepts a list of axes
-            axes = {a: f"{name}_dim_{a}" for a in axes}
         shapes.append({int(a): torch.export.Dim.AUTO if auto else str(n) for a, n in axes.items()} if axes else None)
     return pytree.tree_unflatten(shapes, spec)
 
@@ -91,6 +89,15 @@ def grow_unit_axes(inputs, input_names: list[str] | None, dynamic_axes: dict | N
                 leaf = torch.cat([leaf] + [last] * delta, dim=axis)
         leaves[i] = leaf
     return pytree.tree_unflatten(leaves, spec)
+
+
+def axes_by_name(dynamic_axes: dict | None) -> dict[str, dict[int, str]] | None:
+    """torch.onnx's ``dynamic_axes`` with its list form ({"x": [0]}) written out as names."""
+    if not dynamic_axes:
+        return None
+    return {name: ({int(a): str(n) for a, n in axes.items()} if isinstance(axes, dict)
+                   else {int(a): f"{name}_dim_{a}" for a in axes})
+            for name, axes in dynamic_axes.items()}
 
 
 def in_signature_order(module, kwargs: dict) -> dict:
@@ -159,6 +166,7 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
     import onnx
     import torch
 
+    dynamic_axes = axes_by_name(dynamic_axes)
     if kwargs:
         if args:  # one structure for dynamic_shapes: positional arguments bound to their names
             kwargs = {**inspect.signature(module.forward).bind_partial(*args).arguments, **kwargs}

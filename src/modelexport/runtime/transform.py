@@ -123,9 +123,10 @@ def optimize_folder(src, out, level: str = "O2", force: bool = False) -> Transfo
     src, out = Path(src), Path(out)
     names = _onnx_names(src)
     modules = _modules(src)
-    with staged_output_dir(out, force) as staging:
+    with staged_output_dir(out, force) as staging, tempfile.TemporaryDirectory(dir=staging) as prepared:
         try:
-            optimizer = ORTOptimizer.from_pretrained(src, file_names=names)
+            optimizer = ORTOptimizer.from_pretrained(_bare_gemms_given_a_bias(src, names, Path(prepared)),
+                                                     file_names=names)
             config = AutoOptimizationConfig.with_optimization_level(optimization_level=level)
             with stdout_swallowed():  # onnxruntime.transformers prints its shape-inference failures
                 optimizer.optimize(save_dir=staging, optimization_config=config, file_suffix="")
@@ -136,6 +137,39 @@ def optimize_folder(src, out, level: str = "O2", force: bool = False) -> Transfo
         files = _restore_all(src, staging, names, modules, fused)
         summaries = _write_metadata(src, staging, {"step": "optimize", "level": level, "fused_ops": fused}, files)
     return TransformResult(out, summaries, added_ops=fused)
+
+
+def _bare_gemms_given_a_bias(src: Path, names: list[str], prepared: Path) -> Path:
+    """The folder ONNX Runtime's optimizer can read: ``src`` itself, or a copy in ``prepared``.
+
+    Its GPT-2 pass rewrites each Gemm that follows a LayerNorm's Reshape into MatMul + Add and
+    reads the Gemm's bias without checking there is one (IndexError). The TorchScript exporter
+    writes a bias-less linear as MatMul, torch.export as a two-input Gemm (GPT-2's ``lm_head``).
+    Such Gemms get an explicit zero bias (the same function: C broadcasts) in a copy of the file;
+    tags are restored against the original afterwards, so nothing else changes."""
+    import onnx
+
+    patched = {}
+    for name in names:
+        model = onnx.load(str(src / name), load_external_data=False)
+        bare = [n for n in model.graph.node if n.op_type == "Gemm" and len(n.input) == 2]
+        if not bare:
+            continue
+        types = {t.name: t.data_type for t in model.graph.initializer}
+        for k, node in enumerate(bare):
+            zero = onnx.helper.make_tensor(f"modelexport_gemm_zero_bias_{k}",
+                                           types.get(node.input[1], onnx.TensorProto.FLOAT), [1], [0])
+            model.graph.initializer.append(zero)
+            node.input.append(zero.name)
+        patched[name] = model
+    if not patched:
+        return src
+    for p in src.iterdir():  # config, preprocessors and any external weights, as ORTOptimizer reads them
+        if p.is_file() and p.name not in patched:
+            (prepared / p.name).symlink_to(p.resolve())
+    for name, model in patched.items():
+        onnx.save(model, str(prepared / name))
+    return prepared
 
 
 def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = False) -> TransformResult:
