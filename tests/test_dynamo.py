@@ -281,14 +281,21 @@ def test_a_failed_trace_is_summarised_in_one_plain_line():
     assert "data" in summary.lower() or "guard" in summary.lower(), summary
 
 
-def test_optimize_a_dynamo_gpt2(both_exports, tmp_path):
+def test_optimize_a_dynamo_gpt2(tmp_path):
     """ONNX Runtime's GPT-2 pass crashed (IndexError) on the bias-less Gemm torch.export writes for
-    lm_head; optimize gives it an explicit zero bias in a copy first. Same outputs, every node tagged."""
+    lm_head, and for every linear whose bias is all zeros (a fresh model: the exporter drops it);
+    optimize gives them an explicit zero bias in a copy first, as wide as the output, since the
+    FastGelu fusion then takes it as its bias. Same outputs at several shapes, every node tagged."""
     from modelexport.runtime.dummy_inputs import make_inputs
     from modelexport.runtime.transform import optimize_folder
+    from modelexport.testing.family_check import build_family
+    from modelexport.testing.tiny_models import BY_NAME
 
-    _, _, rows = both_exports("gpt2")
-    folder = Path(rows["dynamo"].output)
+    source = build_family(BY_NAME["gpt2"], tmp_path)  # not nudged: zero biases, as initialised
+    folder = tmp_path / "dynamo"
+    modelexport.export(str(source), folder, task="text-generation-with-past", exporter="dynamo", validate=False)
+    bare = [n for n in onnx.load(folder / "model.onnx").graph.node if n.op_type == "Gemm" and len(n.input) == 2]
+    assert len(bare) >= 3  # lm_head and the zero-bias MLP projections
     result = optimize_folder(folder, tmp_path / "o2", "O2")
     assert result.files["model.onnx"]["root"] == 0
     assert result.added_ops["model.onnx"], "the GPT-2 pass fused nothing"
@@ -297,9 +304,10 @@ def test_optimize_a_dynamo_gpt2(both_exports, tmp_path):
         [p.name for p in folder.iterdir()] + ["ort_config.json"])
     before = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     after = ort.InferenceSession(str(tmp_path / "o2" / "model.onnx"), providers=["CPUExecutionProvider"])
-    feed = make_inputs(before, None, 2, 5)
-    for a, b in zip(before.run(None, feed), after.run(None, feed)):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+    for batch, sequence in ((1, 1), (2, 5), (1, 32)):
+        feed = make_inputs(before, None, batch, sequence)
+        for a, b in zip(before.run(None, feed), after.run(None, feed)):
+            np.testing.assert_allclose(a, b, atol=1e-4)
     tags = [p.key for n in onnx.load(tmp_path / "o2" / "model.onnx").graph.node for p in n.metadata_props
             if p.key == "module_path"]
     assert len(tags) == len(onnx.load(tmp_path / "o2" / "model.onnx").graph.node)

@@ -145,23 +145,30 @@ def _bare_gemms_given_a_bias(src: Path, names: list[str], prepared: Path) -> Pat
     Its GPT-2 pass rewrites each Gemm that follows a LayerNorm's Reshape into MatMul + Add and
     reads the Gemm's bias without checking there is one (IndexError). The TorchScript exporter
     writes a bias-less linear as MatMul, torch.export as a two-input Gemm (GPT-2's ``lm_head``).
-    Such Gemms get an explicit zero bias (the same function: C broadcasts) in a copy of the file;
-    tags are restored against the original afterwards, so nothing else changes."""
+    Such Gemms get an explicit zero bias of the output width (the same function; a width-1 bias
+    broadcasts too, but the later BiasGelu/FastGelu fusion takes it as the bias and fails at run
+    time) in a copy of the file; tags are restored against the original afterwards, so nothing
+    else changes. A Gemm whose weight is not an initializer (width unknown) is left as it is."""
     import onnx
 
     patched = {}
     for name in names:
         model = onnx.load(str(src / name), load_external_data=False)
-        bare = [n for n in model.graph.node if n.op_type == "Gemm" and len(n.input) == 2]
-        if not bare:
-            continue
-        types = {t.name: t.data_type for t in model.graph.initializer}
-        for k, node in enumerate(bare):
-            zero = onnx.helper.make_tensor(f"modelexport_gemm_zero_bias_{k}",
-                                           types.get(node.input[1], onnx.TensorProto.FLOAT), [1], [0])
+        weights = {t.name: t for t in model.graph.initializer}
+        changed = 0
+        for node in model.graph.node:
+            weight = weights.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) == 2 else None
+            if weight is None or len(weight.dims) != 2:
+                continue
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            width = weight.dims[0] if trans_b else weight.dims[1]
+            zero = onnx.helper.make_tensor(f"modelexport_gemm_zero_bias_{changed}", weight.data_type, [width],
+                                           [0] * width)
             model.graph.initializer.append(zero)
             node.input.append(zero.name)
-        patched[name] = model
+            changed += 1
+        if changed:
+            patched[name] = model
     if not patched:
         return src
     for p in src.iterdir():  # config, preprocessors and any external weights, as ORTOptimizer reads them
