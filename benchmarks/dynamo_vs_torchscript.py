@@ -76,7 +76,7 @@ def table(results: list[dict], m: dict) -> str:
         f"{m['date']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". Fresh process per export, paths "
         "alternating, times measured after imports; medians (min–max). Latency: ONNX Runtime CPU, batch 1, "
-        "sequence 32 (GPT-2: 32 past tokens too), 3×30 runs alternating between the files.",
+        "sequence 32 (GPT-2: and 1 past token), 3×30 runs alternating between the files.",
         "",
         "| case | export s: TorchScript | export s: dynamo | **time ratio** | nodes: TorchScript / dynamo | "
         "ONNX bytes: TorchScript / dynamo | `--keep-source-info` cost |",
