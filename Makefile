@@ -37,6 +37,7 @@ browser:
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test,bench]" "$(TORCH_PIN)"
 	$(PY) benchmarks/export_vs_optimum.py
+	$(PY) benchmarks/dynamo_vs_torchscript.py
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -43,20 +43,18 @@ def _summary(result, verb: str) -> None:
               f"root {counts['root']}" + (f", {counts['renamed']} unnamed nodes named" if counts["renamed"] else ""))
     for pattern, n in getattr(result, "kept_float", {}).items():
         print(f"kept in float: {n} nodes of modules matching {pattern!r}")
+    if verb == "optimized":
+        for name, ops in result.added_ops.items():
+            fused = ", ".join(f"{op.split(':')[-1]} x{n}" for op, n in ops.items())
+            print(f"fused in {name}: " + (fused or "nothing: ONNX Runtime's optimizer matched none of its patterns "
+                                                   "(the graph is only cleaned up)"))
     print(f"wrote {result.output}")
 
 
 def run_optimize(args) -> int:
     from modelexport.runtime.transform import optimize_folder
 
-    result = optimize_folder(args.path, args.output, args.level, args.force)
-    _summary(result, "optimized")
-    for name, ops in result.added_ops.items():
-        if ops:
-            print(f"fused in {name}: " + ", ".join(f"{op.split(':')[-1]} x{n}" for op, n in ops.items()))
-        else:
-            print(f"fused in {name}: nothing: ONNX Runtime's optimizer matched none of its patterns "
-                  f"(the graph is only cleaned up)")
+    _summary(optimize_folder(args.path, args.output, args.level, args.force), "optimized")
     return 0
 
 
