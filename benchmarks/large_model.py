@@ -5,7 +5,9 @@ Builds a GPT-2 with random weights from a config (1024 hidden, 48 layers: ~655M 
 then checks: `model.onnx_data` written, every node tagged, ONNX Runtime loads and runs it.
 Slow (minutes) and memory-hungry, so it is a benchmark, not a test.
 
-    python benchmarks/large_model.py [--layers 48] [--hidden 1024]
+    python benchmarks/large_model.py [--layers 48] [--hidden 1024] [--exporter torchscript|dynamo]
+
+Results go to results/large_model.md (TorchScript) or results/large_model_dynamo.md.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=48)
     parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
     args = parser.parse_args()
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -49,7 +52,7 @@ def main() -> int:
                   "print(json.dumps({'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), "
                   "file=sys.stderr); sys.exit(code)")
         proc = subprocess.run([sys.executable, "-c", script, "export", str(folder), str(out), "--format", "json",
-                               "--task", "text-generation-with-past"],
+                               "--task", "text-generation-with-past", "--exporter", args.exporter],
                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         export_s = time.perf_counter() - start
         if proc.returncode != 0:
@@ -78,7 +81,7 @@ def main() -> int:
              "| measure | value |", "|---|---|",
              f"| model | GPT-2 {args.layers} layers × {args.hidden} hidden, random weights, "
              f"{params / 1e6:.0f}M parameters ({params * 4 / 2**30:.2f} GiB fp32) |",
-             f"| export (`modelexport export`, with validation) | {export_s:.0f} s |",
+             f"| export (`modelexport export --exporter {args.exporter}`, with validation) | {export_s:.0f} s |",
              f"| peak RSS of the export process | {peak / 1024:.1f} GiB |",
              f"| files | {', '.join(f'{k} ({v / 2**30:.2f} GiB)' if v > 2**28 else k for k, v in sorted(sizes.items()))} |",
              f"| external data | {', '.join(data_files) or 'none'} |",
@@ -88,7 +91,8 @@ def main() -> int:
              f"| ONNX Runtime load + one run | {ort_s:.0f} s (peak RSS of this process {checker_rss / 1024:.1f} GiB) |"]
     table = "\n".join(lines) + "\n"
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "large_model.md").write_text(table)
+    name = "large_model.md" if args.exporter == "torchscript" else f"large_model_{args.exporter}.md"
+    (HERE / "results" / name).write_text(table)
     print(table)
     return 0 if not untagged and data_files else 1
 

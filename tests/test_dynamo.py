@@ -311,3 +311,18 @@ def test_optimize_a_dynamo_gpt2(tmp_path):
     tags = [p.key for n in onnx.load(tmp_path / "o2" / "model.onnx").graph.node for p in n.metadata_props
             if p.key == "module_path"]
     assert len(tags) == len(onnx.load(tmp_path / "o2" / "model.onnx").graph.node)
+
+
+def test_dynamo_external_data_is_packed_as_optimum_packs_it(tiny_bert_dir, tmp_path, monkeypatch):
+    """Above 2 GiB (here forced with Optimum's FORCE_ONNX_EXTERNAL_DATA) torch writes one shared
+    `model.onnx.data`, which Optimum's re-packing deleted once per tensor (FileNotFoundError on the
+    second): the weights are written one file per tensor, Optimum packs them into model.onnx_data."""
+    monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
+    out = tmp_path / "out"
+    result = modelexport.export(str(tiny_bert_dir), out, exporter="dynamo")
+    names = sorted(p.name for p in out.iterdir())
+    assert "model.onnx_data" in names and "model.onnx.data" not in names
+    assert not [n for n in names if n.startswith("bert.")], names  # no per-tensor file left behind
+    assert result.files[0].validation["passed"] and result.files[0].coverage["root_fallback"] == 0
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == "input_ids"

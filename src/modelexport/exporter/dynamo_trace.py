@@ -13,6 +13,7 @@ needs matching dynamic outputs.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from pathlib import Path
 
@@ -193,15 +194,34 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
             raise
         program = trace(auto=True)
     # Weights inside the file below protobuf's 2 GiB limit, as the TorchScript exporter writes them.
-    program.save(str(path), external_data=None)
-    model = onnx.load(str(path), load_external_data=False)
+    # Optimum's own switch for external data at any size (its TorchScript path honours it too).
+    forced = os.environ.get("FORCE_ONNX_EXTERNAL_DATA", "0") == "1"
+    program.save(str(path), external_data=True if forced else None)
+    del program
+    data_files = _external_data_files(onnx.load(str(path), load_external_data=False))
+    external = bool(data_files)
+    model = onnx.load(str(path), load_external_data=bool(data_files))
     _, fixed = name_axes(model, input_names, output_names, dynamic_axes)
     # The exporter's notes on graph inputs and outputs (torch.export's input kinds, FX names):
     # Optimum's decoder merge compares output ValueInfos whole and fails on them.
     for value in list(model.graph.input) + list(model.graph.output):
         del value.metadata_props[:]
-    onnx.save(model, str(path))
+    if external:
+        # Above 2 GiB torch writes every weight into one `model.onnx.data`; Optimum then packs the
+        # weights into `model.onnx_data` and deletes each tensor's file once per tensor, which
+        # fails on a shared file. One file per tensor is what the TorchScript exporter writes.
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=1024)
+        for name in data_files:
+            (path.parent / name).unlink(missing_ok=True)
+    else:
+        onnx.save(model, str(path))
     return fixed_by_code + fixed
+
+
+def _external_data_files(model) -> set[str]:
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    return {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
 
 
 _FIXED = re.compile(r"static shape of (\d+) for dimension inputs\['(\w+)'\]((?:\[\d+\])*)\.shape\[(\d+)\]")
