@@ -111,8 +111,8 @@ def _dynamo_verdict(family, dyn) -> str:
 
 def _main_row(family, row, dyn) -> str:
     if row.error:
-        return (f"| {family.name} | {family.task} | — | — | — | — | {family.ort_class}: **cannot export here**: "
-                f"`{_error(row)}` | — | {_dynamo_verdict(family, dyn)} |")
+        return (f"| {family.name} | {family.task} | — | — | — | — | {family.ort_class}: "
+                f"**cannot export here**: `{_error(row)}` | — | {_dynamo_verdict(family, dyn)} |")
     files = "<br>".join(f"`{f}`" for f in row.files)
     return (f"| {family.name} | {family.task} | {files} | {row.nodes} | {row.direct} / {row.inferred} / "
             f"{row.root_fallback} | {row.export_max_abs_diff:.1e} | {_check(family, row)} | "

@@ -68,8 +68,9 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
                 from modelexport.exporter.dynamo_trace import export_dynamo
                 from modelexport.exporter.optimum_compat import dynamo_opset_range
 
-                trace_warnings = export_dynamo(module, args, None, tmp, input_names=input_names, output_names=output_names,
-                              dynamic_axes=dynamic_axes, opset=opset or dynamo_opset_range()[0])
+                trace_warnings = export_dynamo(module, args, None, tmp, input_names=input_names,
+                                               output_names=output_names, dynamic_axes=dynamic_axes,
+                                               opset=opset or dynamo_opset_range()[0])
             else:
                 torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
                                   dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
