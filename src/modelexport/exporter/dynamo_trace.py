@@ -198,15 +198,18 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
     forced = os.environ.get("FORCE_ONNX_EXTERNAL_DATA", "0") == "1"
     program.save(str(path), external_data=True if forced else None)
     del program
-    data_files = _external_data_files(onnx.load(str(path), load_external_data=False))
-    external = bool(data_files)
-    model = onnx.load(str(path), load_external_data=bool(data_files))
+    model = onnx.load(str(path), load_external_data=False)
+    data_files = _external_data_files(model)
+    if data_files:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(path.parent))
     _, fixed = name_axes(model, input_names, output_names, dynamic_axes)
     # The exporter's notes on graph inputs and outputs (torch.export's input kinds, FX names):
     # Optimum's decoder merge compares output ValueInfos whole and fails on them.
     for value in list(model.graph.input) + list(model.graph.output):
         del value.metadata_props[:]
-    if external:
+    if data_files:
         # Above 2 GiB torch writes every weight into one `model.onnx.data`; Optimum then packs the
         # weights into `model.onnx_data` and deletes each tensor's file once per tensor, which
         # fails on a shared file. One file per tensor is what the TorchScript exporter writes.

@@ -21,8 +21,8 @@ import ast
 import onnx
 
 from modelexport.hierarchy.module_tree import ModuleTree
-from modelexport.hierarchy.tagging import Coverage, TaggingPass, TaggingResult, _subgraphs
-from modelexport.hierarchy.tags import text
+from modelexport.hierarchy.tagging import Coverage, TaggingPass, TaggingResult
+from modelexport.hierarchy.tags import iter_nodes, text
 
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 SOURCE_INFO_KEYS = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
@@ -86,7 +86,7 @@ class DynamoTaggingPass(TaggingPass):
 def drop_source_info(graph) -> int:
     """Remove stack traces and FX node text from every node (subgraphs too); returns how many."""
     removed = 0
-    for node in graph.node:
+    for node, _ in iter_nodes(graph):
         props = node.metadata_props
         if any(text(p.key) in SOURCE_INFO_KEYS for p in props):
             kept = [(p.key, p.value) for p in props if text(p.key) not in SOURCE_INFO_KEYS]
@@ -94,6 +94,4 @@ def drop_source_info(graph) -> int:
             del props[:]
             for key, value in kept:
                 props.add(key=key, value=value)
-        for sub in _subgraphs(node):
-            removed += drop_source_info(sub)
     return removed

@@ -24,16 +24,14 @@ class TransformResult:
     added_ops: dict[str, dict[str, int]] = field(default_factory=dict)  # file -> op type -> nodes gained
 
 
-def op_counts(graph, counts: dict[str, int] | None = None) -> dict[str, int]:
+def op_counts(graph) -> dict[str, int]:
     """Nodes per op type (``domain:Op`` outside the default domain), subgraphs included."""
-    from modelexport.hierarchy.tagging import _subgraphs
+    from modelexport.hierarchy.tags import iter_nodes
 
-    counts = {} if counts is None else counts
-    for node in graph.node:
+    counts: dict[str, int] = {}
+    for node, _ in iter_nodes(graph):
         key = f"{node.domain}:{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
         counts[key] = counts.get(key, 0) + 1
-        for sub in _subgraphs(node):
-            op_counts(sub, counts)
     return counts
 
 
