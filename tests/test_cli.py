@@ -94,6 +94,7 @@ def test_force_replaces_only_with_a_complete_folder(tiny_bert_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "modelexport_metadata.json").write_text('{"schema": "modelexport.metadata"}')  # an earlier export
     proc = run_cli("export", tiny_bert_dir, out, "--force", "--no-validate")
     assert proc.returncode == 0, proc.stderr
     names = {p.name for p in out.iterdir()}
@@ -106,11 +107,12 @@ def test_failed_force_export_keeps_previous_folder(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "modelexport_metadata.json").write_text('{"schema": "modelexport.metadata"}')
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{broken")
     proc = run_cli("export", tmp_path / "m", out, "--force")
     assert_clean_error(proc)
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["modelexport_metadata.json", "old.txt"]
 
 
 def test_help_lists_export():

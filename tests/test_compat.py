@@ -1,19 +1,22 @@
-"""The adapter around Optimum's and torch's private names, and traced roots we cannot place."""
+"""The adapters around the private names of Optimum and of torch / ONNX Runtime / Model Explorer,
+and traced roots we cannot place."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from modelexport.errors import ModelExportError
-from modelexport.exporter import optimum_compat
-from modelexport.exporter.optimum_bridge import ExportedFile
+from modelexport import compat
+from modelexport.exporter.optimum import compat as optimum_compat
+from modelexport.exporter.optimum.bridge import ExportedFile
 from modelexport.exporter.pipeline import traced_root
 
 
 def test_installed_versions_are_the_tested_ones():
     optimum_compat.check_versions.cache_clear()
     optimum_compat.check_versions()  # the suite runs with the declared ranges
-    assert optimum_compat.torchscript_opset_range()[1] >= 18
+    assert compat.torchscript_opset_range()[1] >= 18
+    assert compat.dynamo_opset_range()[0] == 18
     assert "bert" in optimum_compat.supported_types("transformers")
 
 
@@ -30,8 +33,8 @@ def test_an_untested_version_is_one_clear_line(monkeypatch):
 
 
 def test_version_parsing():
-    assert optimum_compat._version_tuple("2.13.0+cpu") == (2, 13, 0)
-    assert optimum_compat._version_tuple("0.1.0rc1") == (0, 1, 0)
+    assert compat.version_tuple("2.13.0+cpu") == (2, 13, 0)
+    assert compat.version_tuple("0.1.0rc1") == (0, 1, 0)
 
 
 class Inner(torch.nn.Module):

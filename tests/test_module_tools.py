@@ -277,11 +277,12 @@ def test_extract_from_a_multi_file_folder(t5_export, tmp_path, capsys):
     assert cli(["extract", str(t5_export), "--module", "encoder.block.1", "-o", str(x)]) == 0
     assert "74 nodes of 'encoder.block.1'" in capsys.readouterr().out or x.is_file()
     # decoder.block.0 is in two main graphs (and the merged decoder's branches): the user picks
-    assert cli(["extract", str(t5_export), "--module", "decoder.block.0", "-o", str(x)]) == 1
+    y = tmp_path / "y.onnx"
+    assert cli(["extract", str(t5_export), "--module", "decoder.block.0", "-o", str(y)]) == 1
     assert "has nodes in decoder_model.onnx, decoder_with_past_model.onnx; pick one with --file" in \
         capsys.readouterr().err
     assert cli(["extract", str(t5_export), "--module", "decoder.block.0", "--file", "decoder_model.onnx",
-                "-o", str(x)]) == 0
+                "-o", str(x), "--force"]) == 0
     extracted = onnx.load(x)
     tags = read_tags(extracted)
     assert tags and all(t.module_path.startswith("decoder.block.0") for t in tags)

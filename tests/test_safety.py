@@ -64,10 +64,11 @@ def test_signal_during_force_keeps_previous_folder(minilm_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "model.onnx").write_bytes(b"previous export")
+    (out / "modelexport_metadata.json").write_text('{"schema": "modelexport.metadata"}')
     proc = _start_and_signal(minilm_dir, out, signal.SIGTERM, extra=("--force",))
     assert proc.returncode == 143
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    assert [p.name for p in out.iterdir()] == ["model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "modelexport_metadata.json"]
     assert (out / "model.onnx").read_bytes() == b"previous export"
 
 

@@ -197,11 +197,12 @@ def test_piped_tables_keep_whole_names(t5_export, tmp_path):
 
 # -- export --force interrupted while the new folder is swapped in ----------------------------
 def test_interrupt_inside_the_swap_leaves_no_backup(tmp_path, monkeypatch):
-    from modelexport.exporter import output_dir
+    from modelexport.folder import staging as output_dir
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "modelexport_metadata.json").write_text('{"schema": "modelexport.metadata"}')  # an earlier export
     real_rename = Path.rename
 
     def rename_then_interrupt(self, target):
@@ -231,6 +232,7 @@ def test_export_recovers_leftovers_of_a_killed_export(tiny_bert_dir, tmp_path):
     backup = tmp_path / f".out.old-{pid}-abc"
     backup.mkdir()
     (backup / "model.onnx").write_text("the user's previous export")
+    (backup / "modelexport_metadata.json").write_text('{"schema": "modelexport.metadata"}')
     stale_staging = tmp_path / f".out.modelexport-{pid}-def"
     stale_staging.mkdir()
     alive = tmp_path / f".out.modelexport-{os.getpid()}-live"  # a running export's: left alone

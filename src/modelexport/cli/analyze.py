@@ -19,7 +19,7 @@ def run(args) -> int:
     import sys
 
     from modelexport.inspect.analysis import analyze_target, select
-    from modelexport.inspect.loading import load_target
+    from modelexport.folder.loading import load_target
 
     target = load_target(args.path)
     analyses = analyze_target(target)

@@ -17,6 +17,11 @@ def add_tree_selection(parser) -> None:
                         help="only modules whose path matches this glob (and their ancestors), e.g. '*.attention'")
 
 
+def add_force(parser, what: str = "output files") -> None:
+    parser.add_argument("--force", action="store_true",
+                        help=f"replace existing {what} (never a file this command reads)")
+
+
 def add_model_inputs(parser) -> None:
     """What to run the model on (diff, sensitivity, quantize --target-*): several inputs aggregate."""
     parser.add_argument("--inputs", default=None, metavar="FILE.npz", help="arrays by input name (one run)")

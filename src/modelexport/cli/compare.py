@@ -21,7 +21,7 @@ def run(args) -> int:
 
     from modelexport.inspect.analysis import analyze_target, select
     from modelexport.inspect.compare import compare_files, pair_files
-    from modelexport.inspect.loading import load_target
+    from modelexport.folder.loading import load_target
 
     files_a = analyze_target(load_target(args.a))
     files_b = analyze_target(load_target(args.b))

@@ -23,6 +23,7 @@ def register(sub) -> None:
                    help="also write Model Explorer node data of A (each node: the error its module adds) for "
                    "`modelexport view A --overlay FILE.json`")
     shared.add_format(p, choices=("table", "json"), default="table")
+    shared.add_force(p, "an --overlay file")
     p.set_defaults(run=run)
 
 
@@ -31,7 +32,7 @@ def run(args) -> int:
     import json
 
     from modelexport.errors import ModelExportError
-    from modelexport.inspect.loading import load_target
+    from modelexport.folder.loading import load_target
     from modelexport.runtime.diff import diff_files
     from modelexport.runtime.feeds import feeds_for
 
@@ -51,6 +52,12 @@ def run(args) -> int:
         pairs = [(f, by_name_b[f.name]) for f in target_a.files if f.name in by_name_b]
     if not pairs:
         raise ModelExportError(f"{args.a} and {args.b} have no ONNX file of the same name to compare")
+    if args.overlay:
+        from modelexport.folder.outputs import check_new_file
+        from modelexport.runtime.overlay import overlay_paths
+
+        for path in overlay_paths(args.overlay, [fa.name for fa, _ in pairs]).values():
+            check_new_file(path, args.force, [target_a.path, target_b.path], "--overlay")
     files, sources = {}, {}
     for fa, fb in pairs:
         feeds, sources[fa.name] = feeds_for(target_a, fa, args)
@@ -63,7 +70,8 @@ def run(args) -> int:
 
         per_file = {fa.name: (fa.model, {m.module_path: m.added_rel_l2 for m in files[fa.name].modules
                                          if m.added_rel_l2 is not None}) for fa, _ in pairs}
-        for written in write_overlays(Path(args.overlay), per_file, "relative L2 error added by the module"):
+        for written in write_overlays(Path(args.overlay), per_file, "relative L2 error added by the module",
+                                      args.force):
             print(f"wrote {written}", file=sys.stderr)
     for result in files.values():
         rows = result.modules
@@ -117,7 +125,7 @@ def _against_pytorch(args) -> int:
     import json
 
     from modelexport.errors import ModelExportError
-    from modelexport.inspect.loading import load_target
+    from modelexport.folder.loading import load_target
     from modelexport.runtime.feeds import feeds_for
     from modelexport.runtime.torch_diff import diff_against_pytorch, load_source_model
 

@@ -12,19 +12,21 @@ def register(sub) -> None:
     p.add_argument("--module", required=True, help="module path, e.g. bert.encoder.layer.0")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--file", default=None, help="which ONNX file of a multi-file folder")
+    shared.add_force(p, "an output file")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    import os
     from pathlib import Path
 
     import onnx
 
     from modelexport.errors import ModelExportError
+    from modelexport.folder.loading import load_target
+    from modelexport.folder.outputs import check_new_file, file_written_atomically
     from modelexport.inspect.extract import extract_module
-    from modelexport.inspect.loading import load_target
 
+    check_new_file(args.output, args.force, [args.path], "-o")
     target = load_target(args.path)
     if args.file:
         files = [f for f in target.files if f.name == args.file]
@@ -37,11 +39,10 @@ def run(args) -> int:
     model = f.model
     onnx.load_external_data_for_model(model, str(Path(f.path).parent))
     result = extract_module(model, args.module)
-    out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    onnx.save(result.model, str(tmp))
-    onnx.checker.check_model(str(tmp), full_check=True)
-    os.replace(tmp, out)
+    out = check_new_file(args.output, args.force, [f.path], "-o")
+    with file_written_atomically(out) as tmp:
+        onnx.save(result.model, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
     print(f"wrote {out}: {len(result.model.graph.node)} nodes of {args.module!r}; inputs "
           f"{', '.join(result.inputs)}; outputs {', '.join(result.outputs)}")
     return 0

@@ -11,18 +11,18 @@ def register(sub) -> None:
     shared.add_path(p, "an ONNX file, or a folder with exactly one (use --file for multi-file folders)")
     p.add_argument("-o", "--output", required=True, help="the .graphml file to write")
     p.add_argument("--file", default=None, help="which ONNX file of a multi-file folder")
+    shared.add_force(p, "an output file")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    import os
-    from pathlib import Path
-
     from modelexport.errors import ModelExportError
+    from modelexport.folder.loading import load_target
+    from modelexport.folder.outputs import check_new_file, file_written_atomically
     from modelexport.inspect.analysis import analyze_model
     from modelexport.inspect.graphml import write_graphml
-    from modelexport.inspect.loading import load_target
 
+    out = check_new_file(args.output, args.force, [args.path], "-o")
     target = load_target(args.path)
     files = target.files
     if args.file:
@@ -34,14 +34,10 @@ def run(args) -> int:
                                f"({', '.join(f.name for f in files)})")
     f = files[0]
     info = (target.metadata.modules_by_path() or None) if target.metadata else None
-    out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as stream:
+        with file_written_atomically(out) as tmp, open(tmp, "w", encoding="utf-8") as stream:
             counts = write_graphml(f.model, analyze_model(f.name, f.model, info), stream)
-        os.replace(tmp, out)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ModelExportError(f"cannot write {out}: {e.strerror or e}") from e
     print(f"wrote {out}: {counts['nodes']} op nodes in {counts['modules']} module graphs, {counts['edges']} edges")
     return 0

@@ -23,6 +23,7 @@ def register(sub) -> None:
                    help="also write Model Explorer node data (each node: its module's self time, ms) for "
                    "`modelexport view PATH --overlay FILE.json`")
     shared.add_format(p)
+    shared.add_force(p, "--trace/--overlay files")
     p.set_defaults(run=run)
 
 
@@ -33,13 +34,14 @@ def run(args) -> int:
     import numpy as np
 
     from modelexport.errors import ModelExportError
-    from modelexport.inspect.loading import load_target
+    from modelexport.folder.loading import load_target
     from modelexport.runtime.dummy_inputs import make_inputs
     from modelexport.runtime.profile import profile_model, speedscope
 
     if args.runs < 1 or args.warmup < 0 or args.batch < 1 or (args.seq_len is not None and args.seq_len < 1):
         raise ModelExportError("--runs, --batch and --seq-len must be positive and --warmup not negative")
     target = load_target(args.path)
+    _check_outputs(args, target)
     try:
         config = json.loads((Path(target.folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -70,14 +72,16 @@ def run(args) -> int:
         except Exception as e:  # ORT's own exception types: the user gets its message
             raise ModelExportError(f"ONNX Runtime could not run {f.name}: {str(e).strip()[:300]}") from e
     if args.trace:
-        Path(args.trace).write_text(json.dumps(speedscope(profiles)), encoding="utf-8")
+        from modelexport.folder.outputs import write_text
+
+        write_text(args.trace, json.dumps(speedscope(profiles)), args.force, [target.path], "--trace")
     if args.overlay:
         from modelexport.runtime.overlay import write_overlays
 
         models = {f.name: f.model for f in target.files}
         per_file = {p.file: (models[p.file], {m["module_path"]: m["self_ms"] for m in p.as_dict()["modules"]
                                               if m["module_path"] is not None}) for p in profiles}
-        for written in write_overlays(Path(args.overlay), per_file, "self time per module (ms)"):
+        for written in write_overlays(Path(args.overlay), per_file, "self time per module (ms)", args.force):
             import sys
 
             print(f"wrote {written}", file=sys.stderr)
@@ -104,6 +108,18 @@ def run(args) -> int:
 
         print(f"wrote {args.trace} (open it at https://www.speedscope.app)", file=sys.stderr)
     return 0
+
+
+def _check_outputs(args, target) -> None:
+    """--trace and --overlay files are checked before the model runs, not after."""
+    from modelexport.folder.outputs import check_new_file
+    from modelexport.runtime.overlay import overlay_paths
+
+    if args.trace:
+        check_new_file(args.trace, args.force, [target.path], "--trace")
+    if args.overlay:
+        for path in overlay_paths(args.overlay, [f.name for f in target.files]).values():
+            check_new_file(path, args.force, [target.path], "--overlay")
 
 
 def _print(profiles) -> None:

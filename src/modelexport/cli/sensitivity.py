@@ -24,7 +24,7 @@ def add_candidates(p) -> None:
 
 def feeds_by_file(folder, args):
     """Feeds for every ONNX file of an exported folder, and what they are."""
-    from modelexport.inspect.loading import load_target
+    from modelexport.folder.loading import load_target
     from modelexport.runtime.feeds import feeds_for
 
     target = load_target(folder)

@@ -51,18 +51,30 @@ def _summary(result, verb: str) -> None:
     print(f"wrote {result.output}")
 
 
+def _note(text: str) -> None:
+    import sys
+
+    print(f"note: {text}", file=sys.stderr)
+
+
 def run_optimize(args) -> int:
     from modelexport.runtime.transform import optimize_folder
 
-    _summary(optimize_folder(args.path, args.output, args.level, args.force), "optimized")
+    _summary(optimize_folder(args.path, args.output, args.level, args.force, on_untagged=_note), "optimized")
     return 0
 
 
 def run_quantize(args) -> int:
+    from modelexport.errors import ModelExportError
     from modelexport.runtime.transform import quantize_folder
 
     if args.target_cosine is None and args.max_abs_error is None:
-        _summary(quantize_folder(args.path, args.output, args.exclude_modules, args.force), "quantized")
+        if args.depth is not None or args.modules:
+            raise ModelExportError("--depth and --modules choose the candidates of an accuracy target; give "
+                                   "--target-cosine or --max-abs-error with them (or --exclude-modules to keep "
+                                   "modules in float yourself)")
+        _summary(quantize_folder(args.path, args.output, args.exclude_modules, args.force, on_untagged=_note),
+                 "quantized")
         return 0
     return _quantize_to_target(args)
 

@@ -19,7 +19,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
 
-    from modelexport.inspect.loading import load_target
+    from modelexport.folder.loading import load_target
     from modelexport.inspect.validate import FAIL, validate_target
 
     target = load_target(args.path)

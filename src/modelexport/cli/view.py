@@ -43,7 +43,6 @@ def run(args) -> int:
 
     try:
         import model_explorer
-        import model_explorer.server as me_server
         import model_explorer_onnx  # noqa: F401  (only: is the adapter installed?)
     except ImportError as e:
         raise ModelExportError(INSTALL_HINT) from e
@@ -59,9 +58,9 @@ def run(args) -> int:
     if args.port is not None and not 0 < args.port < 65536:
         raise ModelExportError(f"--port {args.port} is not a port number")
     port = args.port or free_port()
-    # Model Explorer asks its package index for a newer version in the background on every start;
-    # a viewer of local files has no business on the network.
-    me_server._check_new_version = lambda print_msg=True: None
+    from modelexport.compat import disable_model_explorer_update_check
+
+    disable_model_explorer_update_check()
     config = model_explorer.config().add_model_from_path(str(path.resolve()))
     for overlay in args.overlay:
         if not Path(overlay).is_file():

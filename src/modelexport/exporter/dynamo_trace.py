@@ -24,9 +24,9 @@ _SYMBOL = re.compile(r"\b[su]\d+\b")
 
 def tensor_leaves(inputs):
     """(leaves, spec) of ``inputs`` flattened as both exporters flatten them."""
-    from torch.utils import _pytree as pytree
+    from modelexport.compat import tree_flatten
 
-    return pytree.tree_flatten(inputs)
+    return tree_flatten(inputs)
 
 
 def dynamic_shapes_for(inputs, input_names: list[str] | None, dynamic_axes: dict | None, auto: bool = False):
@@ -37,7 +37,7 @@ def dynamic_shapes_for(inputs, input_names: list[str] | None, dynamic_axes: dict
     specialisation). ``auto``: ``Dim.AUTO`` instead, which lets the trace fix an axis the model's
     code fixes. Non-tensor leaves (``None`` in ``encoder_outputs``) get ``None``."""
     import torch
-    from torch.utils import _pytree as pytree
+    from modelexport.compat import tree_unflatten
 
     if not dynamic_axes:
         return None
@@ -56,7 +56,7 @@ def dynamic_shapes_for(inputs, input_names: list[str] | None, dynamic_axes: dict
         index += 1
         axes = dynamic_axes.get(name) if name is not None else None
         shapes.append({int(a): torch.export.Dim.AUTO if auto else str(n) for a, n in axes.items()} if axes else None)
-    return pytree.tree_unflatten(shapes, spec)
+    return tree_unflatten(shapes, spec)
 
 
 def grow_unit_axes(inputs, input_names: list[str] | None, dynamic_axes: dict | None):
@@ -68,7 +68,7 @@ def grow_unit_axes(inputs, input_names: list[str] | None, dynamic_axes: dict | N
     (``past_sequence_length + sequence_length``) grow with their terms, so inputs stay
     consistent; a grown axis repeats its last slice (values do not matter to the trace)."""
     import torch
-    from torch.utils import _pytree as pytree
+    from modelexport.compat import tree_unflatten
 
     if not dynamic_axes or not input_names:
         return inputs
@@ -89,7 +89,7 @@ def grow_unit_axes(inputs, input_names: list[str] | None, dynamic_axes: dict | N
                 last = leaf.narrow(axis, leaf.shape[axis] - 1, 1)
                 leaf = torch.cat([leaf] + [last] * delta, dim=axis)
         leaves[i] = leaf
-    return pytree.tree_unflatten(leaves, spec)
+    return tree_unflatten(leaves, spec)
 
 
 def axes_by_name(dynamic_axes: dict | None) -> dict[str, dict[int, str]] | None:
@@ -159,7 +159,7 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
     """Trace ``module(*args, **kwargs)`` with torch.export and write the ONNX file to ``path``,
     with dims named as ``dynamic_axes`` names them. ``onnx_export``: torch's ``torch.onnx.export``
     when that name is replaced for Optimum (see ``optimum_traces_with_dynamo``). Needs onnxscript
-    (``optimum_bridge.check_exporter`` says so before any work).
+    (``check_exporter`` says so before any work).
 
     Axes are first declared ``Dim.DYNAMIC``: a trace that fixes one fails. Only then is it traced
     again with ``Dim.AUTO``, and each declared axis the model's code fixed (ViT's image size and

@@ -31,7 +31,7 @@ def export_module(
     ``keep_source_info``. The file appears at ``path`` only once it is complete and tagged.
     The exporters' warnings and progress prints are silenced unless ``verbose``.
     """
-    from modelexport.exporter.optimum_bridge import check_exporter, check_opset
+    from modelexport.exporter.optimum.bridge import check_exporter, check_opset
     from modelexport.quiet import silenced, stdout_swallowed
 
     check_exporter(exporter, keep_source_info)
@@ -66,7 +66,7 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
         with torch.no_grad():
             if exporter == "dynamo":
                 from modelexport.exporter.dynamo_trace import export_dynamo
-                from modelexport.exporter.optimum_compat import dynamo_opset_range
+                from modelexport.compat import dynamo_opset_range
 
                 trace_warnings = export_dynamo(module, args, None, tmp, input_names=input_names,
                                                output_names=output_names, dynamic_axes=dynamic_axes,

@@ -43,18 +43,18 @@ def export(
 
 def _export(model, output_dir, *, task, library, opset, force, trust_remote_code, validate, static_shapes,
             reporter, exporter, keep_source_info) -> ExportResult:
-    from modelexport.exporter import artifacts as artifacts_mod
-    from modelexport.exporter.metadata import METADATA_FILE, module_table, tool_versions, write_metadata
-    from modelexport.exporter.optimum_bridge import check_exporter, check_opset, export_with_optimum
-    from modelexport.exporter.ort_class import ort_model_class_name
-    from modelexport.exporter.output_dir import check_output_dir, recover_leftovers, staged_output_dir
-    from modelexport.exporter.source import (
+    from modelexport.folder import side_files as artifacts_mod
+    from modelexport.folder.metadata import METADATA_FILE, module_table, tool_versions, write_metadata
+    from modelexport.exporter.optimum.bridge import check_exporter, check_opset, export_with_optimum
+    from modelexport.exporter.optimum.ort_class import ort_model_class_name
+    from modelexport.folder.staging import check_output_dir, recover_leftovers, staged_output_dir
+    from modelexport.exporter.optimum.tasks import (
         load_model,
         prepare_for_task,
         resolve_source,
         source_of_loaded_model,
     )
-    from modelexport.exporter.validation import merge_validations, validate_file
+    from modelexport.exporter.optimum.validation import merge_validations, validate_file
     from modelexport.hierarchy.module_tree import ModuleTree
     from modelexport.hierarchy.tagging import tag_file
 
@@ -62,7 +62,8 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
     phases = Phases(reporter)
     output_dir = Path(output_dir)
     recover_leftovers(output_dir.resolve())  # an earlier export here that was killed
-    check_output_dir(output_dir.resolve(), force)
+    sources = [model_folder(model)]
+    check_output_dir(output_dir.resolve(), force, sources)
     check_exporter(exporter, keep_source_info)
     check_opset(opset, exporter)
     if isinstance(static_shapes, str):
@@ -85,7 +86,7 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
 
             check_against_config(static_shapes, getattr(loaded, "config", config))
 
-    with staged_output_dir(output_dir, force) as staging:
+    with staged_output_dir(output_dir, force, sources) as staging:
         trace = "torch.export" if exporter == "dynamo" else "TorchScript trace"
         with phases("export", f"Exporting with Optimum ({trace})"):
             exported = export_with_optimum(loaded, source.task, source.library, staging, opset, static_shapes,
@@ -190,6 +191,16 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
     result.timings["total"] = time.perf_counter() - started
     result.metadata_path = output_dir / METADATA_FILE
     return result
+
+
+def model_folder(model) -> Path | None:
+    """The local folder a model is read from (a path given, or a loaded model's ``_name_or_path``)."""
+    if isinstance(model, (str, Path)):
+        path = Path(model).expanduser()
+    else:
+        name = getattr(getattr(model, "config", None), "_name_or_path", None)
+        path = Path(name) if isinstance(name, str) and name else None
+    return path if path is not None and path.is_dir() else None
 
 
 def traced_root(item, instance_paths: dict[int, str]) -> tuple[str, list[str]]:

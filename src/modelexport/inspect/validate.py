@@ -11,6 +11,9 @@ import numpy as np
 from modelexport.hierarchy.tags import iter_nodes, node_tag
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
+# The checks that only a folder modelexport wrote can pass (an untagged ONNX file fails them).
+TAG_CHECKS = ("modelexport_metadata.json present and readable", "every node tagged",
+              "tags match modelexport_metadata.json", "module paths exist in the module tree")
 
 
 @dataclass

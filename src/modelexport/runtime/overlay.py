@@ -29,14 +29,21 @@ def overlay_document(model, values_by_module: dict[str, float], title: str) -> d
                          "gradient": [{"stop": stop, "bgColor": colour} for stop, colour in _GRADIENT]}}
 
 
-def write_overlays(path: Path, per_file: dict[str, tuple[object, dict[str, float]]], title: str) -> list[Path]:
-    """One overlay per ONNX file: ``path`` itself for one file, ``STEM.<file>.json`` for several."""
+def overlay_paths(path: Path, file_names: list[str]) -> dict[str, Path]:
+    """Where each file's overlay goes: ``path`` itself for one file, ``STEM.<file>.json`` for several."""
+    path = Path(path)
+    return {name: path if len(file_names) == 1 else path.with_name(f"{path.stem}.{Path(name).stem}{path.suffix}")
+            for name in file_names}
+
+
+def write_overlays(path: Path, per_file: dict[str, tuple[object, dict[str, float]]], title: str,
+                   force: bool = False) -> list[Path]:
+    """One overlay per ONNX file (see ``overlay_paths``), each under the rule for output files."""
     import json
 
-    path = Path(path)
-    written = []
-    for name, (model, values) in per_file.items():
-        target = path if len(per_file) == 1 else path.with_name(f"{path.stem}.{Path(name).stem}{path.suffix}")
-        target.write_text(json.dumps(overlay_document(model, values, title), indent=1), encoding="utf-8")
-        written.append(target)
-    return written
+    from modelexport.folder.outputs import write_text
+
+    targets = overlay_paths(path, list(per_file))
+    return [write_text(targets[name], json.dumps(overlay_document(model, values, title), indent=1), force,
+                       option="--overlay")
+            for name, (model, values) in per_file.items()]

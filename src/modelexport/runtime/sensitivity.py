@@ -99,7 +99,7 @@ def _quantized_accuracy(src: Path, work: Path, exclude: list[str], reference, fe
     from modelexport.runtime.transform import quantize_folder
 
     out = Path(tempfile.mkdtemp(dir=work)) / "q"
-    quantize_folder(src, out, exclude)
+    quantize_folder(src, out, exclude, validate=False)
     return accuracy(reference, run_outputs(out, feeds_by_file))
 
 
@@ -178,15 +178,15 @@ def quantize_to_target(src: Path, out: Path, candidates: list[str], feeds_by_fil
                        progress=None, modules_with_nodes: list[str] | None = None) -> TargetResult:
     """Keep the fewest candidate modules in float (most sensitive first, greedy, re-measured after
     each step) until the quantized folder meets the target on the given inputs."""
-    from modelexport.exporter.output_dir import check_output_dir
+    from modelexport.folder.staging import check_output_dir
     from modelexport.runtime.transform import quantize_folder
 
-    check_output_dir(Path(out).resolve(), force)
+    check_output_dir(Path(out).resolve(), force, [src])
     reference = run_outputs(src, feeds_by_file)
     with tempfile.TemporaryDirectory(prefix="modelexport-target-") as tmp:
         work = Path(tmp)
         full_dir = work / "full"
-        quantize_folder(src, full_dir, [])
+        quantize_folder(src, full_dir, [], validate=False)
         full = accuracy(reference, run_outputs(full_dir, feeds_by_file))
         kept: list[str] = []
         current, steps = full, []
@@ -227,7 +227,7 @@ def _record(out: Path, result: TargetResult, target_cosine, max_abs_error) -> No
     """Add what the target search decided to the folder's metadata (last transform step)."""
     import json
 
-    from modelexport.exporter.metadata import METADATA_FILE
+    from modelexport.folder.metadata import METADATA_FILE
 
     path = Path(out) / METADATA_FILE
     meta = json.loads(path.read_text(encoding="utf-8"))

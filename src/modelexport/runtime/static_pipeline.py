@@ -19,7 +19,7 @@ class StaticShapePipeline:
     def __init__(self, folder):
         import optimum.onnxruntime as ortm
 
-        from modelexport.exporter.metadata import read_metadata
+        from modelexport.folder.metadata import read_metadata
 
         self.folder = Path(folder)
         meta, problem = read_metadata(self.folder)

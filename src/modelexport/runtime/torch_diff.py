@@ -47,7 +47,8 @@ def _flat_tensors(value) -> list:
 
 def load_source_model(meta, source: str | None):
     """The PyTorch model an export came from: ``source`` or the local folder the metadata names."""
-    from modelexport.exporter.source import ModelSource, load_model
+    from modelexport.exporter.optimum.tasks import load_model
+    from modelexport.exporter.source import ModelSource
 
     path = source or (meta.source.get("model") if meta.source.get("local") else None)
     if not path or not Path(path).is_dir():

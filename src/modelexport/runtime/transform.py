@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelexport.errors import ModelExportError
-from modelexport.exporter.metadata import METADATA_FILE
+from modelexport.compat import gemm_rewrite_suffixes
+from modelexport.folder.metadata import METADATA_FILE
+from modelexport.folder.side_files import copy_side_files
 
 
 @dataclass
@@ -22,6 +24,7 @@ class TransformResult:
     files: dict[str, dict] = field(default_factory=dict)  # file -> restore counts (+ extras)
     kept_float: dict[str, int] = field(default_factory=dict)  # module glob -> nodes kept in float
     added_ops: dict[str, dict[str, int]] = field(default_factory=dict)  # file -> op type -> nodes gained
+    tagged: bool = True  # False: the source had no module tags, so neither has the result
 
 
 def op_counts(graph) -> dict[str, int]:
@@ -43,11 +46,39 @@ def added_ops(original_graph, rewritten_graph) -> dict[str, int]:
             if ":" in op and n > before.get(op, 0)}
 
 
-def _copy_side_files(src: Path, dst: Path) -> None:
-    for p in src.iterdir():
-        if p.is_file() and p.suffix != ".onnx" and not p.name.endswith(".onnx_data") and p.name != METADATA_FILE \
-                and not p.name.startswith("modelexport_report"):
-            shutil.copy2(p, dst / p.name)
+def is_tagged(src: Path, names: list[str]) -> bool:
+    """Whether the folder is one modelexport wrote: its metadata and tags on its nodes. Tags of a
+    file without them (a plain Optimum export) cannot be restored: there are none to restore."""
+    import onnx
+
+    from modelexport.folder.metadata import read_metadata
+    from modelexport.hierarchy.tags import MODULE_PATH_KEY
+
+    meta, _ = read_metadata(src)
+    if meta is None:
+        return False
+    model = onnx.load(str(src / names[0]), load_external_data=False)
+    return any(p.key == MODULE_PATH_KEY for node in model.graph.node for p in node.metadata_props)
+
+
+def untagged_note(src: Path, verb: str) -> str:
+    return (f"{src} carries no module tags (not exported by modelexport): {verb} as it is; the result has no tags "
+            "and no modelexport metadata")
+
+
+def check_derived_folder(folder: Path, what: str, tagged: bool = True) -> None:
+    """Run ``validate``'s checks on a freshly written folder before it replaces anything: a folder
+    that does not load or run is an error, not a result. An untagged folder (from an untagged
+    source) is held to every check but those of tags and metadata."""
+    from modelexport.folder.loading import load_target
+    from modelexport.inspect.validate import FAIL, TAG_CHECKS, validate_target
+
+    failed = [c for c in validate_target(load_target(folder), run_onnxruntime=True)
+              if c.status == FAIL and (tagged or c.name not in TAG_CHECKS)]
+    if failed:
+        first = failed[0]
+        raise ModelExportError(f"the {what} folder fails `modelexport validate` ({first.name}"
+                               f"{' of ' + first.file if first.file else ''}: {first.detail}); nothing was written")
 
 
 def _restore_all(src: Path, staging: Path, names: list[str], modules,
@@ -77,9 +108,9 @@ def _restore_all(src: Path, staging: Path, names: list[str], modules,
 def _write_metadata(src: Path, staging: Path, step: dict, files: dict[str, object]) -> dict[str, dict]:
     """The source folder's metadata with this step appended and node counts of the new files;
     returns each file's restore counts as dicts."""
-    from modelexport.exporter.metadata import node_totals
+    from modelexport.folder.metadata import node_totals
 
-    from modelexport.exporter.metadata import read_metadata
+    from modelexport.folder.metadata import read_metadata
 
     source_meta, _ = read_metadata(src)
     # The source's document, extended: a transform is recorded in the file it started from.
@@ -112,16 +143,19 @@ def _onnx_names(src: Path) -> list[str]:
     return names
 
 
-def optimize_folder(src, out, level: str = "O2", force: bool = False) -> TransformResult:
+def optimize_folder(src, out, level: str = "O2", force: bool = False, on_untagged=None) -> TransformResult:
     from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
 
-    from modelexport.exporter.output_dir import staged_output_dir
+    from modelexport.folder.staging import staged_output_dir
     from modelexport.quiet import stdout_swallowed
 
     src, out = Path(src), Path(out)
     names = _onnx_names(src)
     modules = _modules(src)
-    with staged_output_dir(out, force) as staging, tempfile.TemporaryDirectory(dir=staging) as prepared:
+    tagged = is_tagged(src, names)
+    if not tagged and on_untagged is not None:
+        on_untagged(untagged_note(src, "optimized"))
+    with staged_output_dir(out, force, [src]) as staging, tempfile.TemporaryDirectory(dir=staging) as prepared:
         try:
             optimizer = ORTOptimizer.from_pretrained(_bare_gemms_given_a_bias(src, names, Path(prepared)),
                                                      file_names=names)
@@ -130,11 +164,23 @@ def optimize_folder(src, out, level: str = "O2", force: bool = False) -> Transfo
                 optimizer.optimize(save_dir=staging, optimization_config=config, file_suffix="")
         except (ValueError, KeyError, NotImplementedError) as e:
             raise ModelExportError(f"Optimum's optimizer cannot optimize {src}: {str(e).splitlines()[0][:300]}") from e
-        _copy_side_files(src, staging)
+        copy_side_files(src, staging)
         fused: dict[str, dict[str, int]] = {}
-        files = _restore_all(src, staging, names, modules, fused)
-        summaries = _write_metadata(src, staging, {"step": "optimize", "level": level, "fused_ops": fused}, files)
-    return TransformResult(out, summaries, added_ops=fused)
+        summaries = {}
+        if tagged:
+            files = _restore_all(src, staging, names, modules, fused)
+            summaries = _write_metadata(src, staging, {"step": "optimize", "level": level, "fused_ops": fused}, files)
+        else:
+            fused = _fused_only(src, staging, names)
+        check_derived_folder(staging, "optimized", tagged)
+    return TransformResult(out, summaries, added_ops=fused, tagged=tagged)
+
+
+def _fused_only(src: Path, staging: Path, names: list[str]) -> dict[str, dict[str, int]]:
+    import onnx
+
+    return {name: added_ops(onnx.load(str(src / name), load_external_data=False).graph,
+                            onnx.load(str(staging / name), load_external_data=False).graph) for name in names}
 
 
 def _bare_gemms_given_a_bias(src: Path, names: list[str], prepared: Path) -> Path:
@@ -177,32 +223,38 @@ def _bare_gemms_given_a_bias(src: Path, names: list[str], prepared: Path) -> Pat
     return prepared
 
 
-def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = False) -> TransformResult:
+def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = False, validate: bool = True,
+                    on_untagged=None) -> TransformResult:
     import onnx
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    from modelexport.exporter.output_dir import staged_output_dir
+    from modelexport.folder.staging import staged_output_dir
     from modelexport.hierarchy.selection import select_modules
 
     src, out = Path(src), Path(out)
     names = _onnx_names(src)
     modules = _modules(src)
     exclude = exclude or []
-    result = TransformResult(out)
+    result = TransformResult(out, tagged=is_tagged(src, names))
+    if not result.tagged:
+        if exclude:
+            raise ModelExportError(f"--exclude-modules needs module tags; {untagged_note(src, 'quantize it')}")
+        if on_untagged is not None:
+            on_untagged(untagged_note(src, "quantized"))
     # A pattern has to match in one file of the folder, not in each: `encoder.block.1` is not in
     # the decoder files. Nodes inside a merged decoder's If branches are matched too.
     selection = select_modules({name: onnx.load(str(src / name), load_external_data=False) for name in names},
-                               exclude)
+                               exclude) if exclude else select_modules({}, [])
     for pattern, per_file in selection.nodes.items():
         result.kept_float[pattern] = sum(len(v) for v in per_file.values())
-    with staged_output_dir(out, force) as staging:
+    with staged_output_dir(out, force, [src]) as staging:
         for name in names:
             excluded = selection.names_in(name)
             # ONNX Runtime's quantizer first rewrites each Gemm as MatMul (+ Add, + Transpose),
             # named after the Gemm: excluding only the Gemm's name would quantize it anyway
             # (GPT-2's Conv1D layers are Gemms).
-            excluded += [f"{n}{suffix}" for n in list(excluded) for suffix in ("_MatMul", "_Add", "_Transpose")]
+            excluded += [f"{n}{suffix}" for n in list(excluded) for suffix in gemm_rewrite_suffixes()]
             config = AutoQuantizationConfig.avx2(is_static=False, per_channel=False, nodes_to_exclude=excluded)
             with tempfile.TemporaryDirectory(dir=staging) as tmp:
                 try:
@@ -213,16 +265,19 @@ def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = Fa
                 for p in Path(tmp).iterdir():
                     if p.suffix == ".onnx" or p.name.endswith(".onnx_data"):
                         shutil.move(str(p), staging / p.name)
-        _copy_side_files(src, staging)
-        files = _restore_all(src, staging, names, modules)
-        result.files = _write_metadata(src, staging, {"step": "quantize", "mode": "dynamic int8 (avx2)",
-                                                      "excluded_modules": exclude,
-                                                      "kept_float_nodes": result.kept_float}, files)
+        copy_side_files(src, staging)
+        if result.tagged:
+            files = _restore_all(src, staging, names, modules)
+            result.files = _write_metadata(src, staging, {"step": "quantize", "mode": "dynamic int8 (avx2)",
+                                                          "excluded_modules": exclude,
+                                                          "kept_float_nodes": result.kept_float}, files)
+        if validate:
+            check_derived_folder(staging, "quantized", result.tagged)
     return result
 
 
 def _modules(src: Path):
-    from modelexport.exporter.metadata import read_metadata
+    from modelexport.folder.metadata import read_metadata
 
     meta, _ = read_metadata(src)
     return meta.modules if meta is not None else None

@@ -82,7 +82,7 @@ class BreadthRow:
 
 def supported_model_types() -> dict[str, list[str]]:
     """transformers model type -> ONNX tasks, as optimum-onnx registers them."""
-    from modelexport.exporter.optimum_compat import supported_types
+    from modelexport.exporter.optimum.compat import supported_types
 
     return supported_types("transformers")
 

@@ -1,49 +1,28 @@
-"""Every use of Optimum's and torch's private names, behind one adapter.
+"""Every use of Optimum's private names, behind one adapter (torch's are in ``modelexport.compat``).
 
 optimum-onnx has no public API for what the export needs (the file -> submodel pairs Optimum
-validates, whether a model type has an ONNX config, the opsets the TorchScript exporter writes),
-so these calls reach into private names that change between releases. They live here only, and
-the installed versions are checked once, before the first such call: a version the project was
-not tested with fails in one line instead of deep inside a private function.
+validates, whether a model type has an ONNX config, its one ``torch.onnx.export`` call), so these
+calls reach into private names that change between releases. They live here only, and the
+installed versions are checked once, before the first such call: a version the project was not
+tested with fails in one line instead of deep inside a private function.
 """
 from __future__ import annotations
 
 import contextlib
-import re
+import sys
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 
-from modelexport.errors import ModelExportError
+from modelexport.compat import check_tested, check_version
 
-# package -> (lowest, below) version tested: the ranges pyproject.toml declares.
-TESTED = {"optimum-onnx": ((0, 1), (0, 2)), "torch": ((2, 13), (2, 14))}
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("+")[0].split("."):
-        digits = re.match(r"\d+", piece)
-        if digits is None:
-            break
-        parts.append(int(digits.group()))
-        if digits.end() < len(piece):  # "0rc1": a pre-release tag ends the numeric part
-            break
-    return tuple(parts)
+# package -> (lowest, below) version tested: the ranges pyproject.toml declares for the extra.
+TESTED = {"optimum-onnx": ((0, 1), (0, 2))}
 
 
 @lru_cache(maxsize=None)
 def check_versions() -> None:
-    for package, (low, high) in TESTED.items():
-        try:
-            installed = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            raise ModelExportError(f"{package} is not installed; install modelexport's dependencies") from None
-        if not low <= _version_tuple(installed)[:2] < high:
-            raise ModelExportError(
-                f"{package} {installed} is not a version modelexport was tested with "
-                f"({'.'.join(map(str, low))} <= version < {'.'.join(map(str, high))}): it relies on that release's "
-                f"internals; install {package}>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}")
+    check_tested("optimum-onnx", TESTED)
+    check_version("torch")
 
 
 def submodels_and_onnx_configs(model, task: str, library: str):
@@ -70,24 +49,6 @@ def supported_types(library: str) -> dict[str, list[str]]:
             if "onnx" in backends}
 
 
-def torchscript_opset_range() -> tuple[int, int]:
-    """Opsets the TorchScript exporter (the one Optimum calls) can write."""
-    check_versions()
-    from torch.onnx._constants import ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
-
-    return ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
-
-
-def dynamo_opset_range() -> tuple[int, int]:
-    """Opsets the dynamo exporter writes without a version conversion afterwards (torchlib's
-    functions start at 18; lower opsets are converted down, which fails on many graphs)."""
-    check_versions()
-    from torch.onnx._constants import ONNX_MAX_OPSET
-    from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET
-
-    return TORCHLIB_OPSET, ONNX_MAX_OPSET
-
-
 @contextlib.contextmanager
 def optimum_traces_with_dynamo(warnings: dict[str, list[str]] | None = None):
     """Inside the block, Optimum's ``export_pytorch`` traces with torch.export.
@@ -107,7 +68,12 @@ def optimum_traces_with_dynamo(warnings: dict[str, list[str]] | None = None):
     original = torch.onnx.export
 
     def trace(model, args=(), f=None, *, input_names=None, output_names=None, dynamic_axes=None,
-              opset_version=None, kwargs=None, **_ignored):  # do_constant_folding, dynamo: TorchScript's
+              opset_version=None, kwargs=None, **others):  # do_constant_folding, dynamo: TorchScript's
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if not caller.startswith("optimum."):
+            # Another thread or library exporting meanwhile: its call is not ours to change.
+            return original(model, args, f, input_names=input_names, output_names=output_names,
+                            dynamic_axes=dynamic_axes, opset_version=opset_version, kwargs=kwargs, **others)
         args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
         if args and isinstance(args[-1], dict) and kwargs is None:  # TorchScript's "dict last" convention
             args, kwargs = args[:-1], args[-1]

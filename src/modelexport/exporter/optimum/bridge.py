@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelexport.errors import ModelExportError, disk_error_message
-from modelexport.exporter.optimum_compat import (
-    dynamo_opset_range,
+from modelexport.compat import dynamo_opset_range, torchscript_opset_range
+from modelexport.exporter.optimum.compat import (
     no_preprocessor_reload,
     optimum_traces_with_dynamo,
     submodels_and_onnx_configs,
-    torchscript_opset_range,
 )
 
 

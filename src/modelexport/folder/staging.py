@@ -17,14 +17,47 @@ from pathlib import Path
 from typing import Iterator
 
 from modelexport.errors import OutputExistsError
+from modelexport.folder.metadata import METADATA_FILE
 
 
-def check_output_dir(output_dir: Path, force: bool) -> None:
-    """Refuse early, before any expensive work, when OUTPUT_DIR cannot be used."""
+def _relation(a: Path, b: Path) -> str | None:
+    """How folder ``a`` lies to folder ``b``: "is", "is inside", "contains", or None."""
+    if a == b:
+        return "is"
+    if b in a.parents:
+        return "is inside"
+    if a in b.parents:
+        return "contains"
+    return None
+
+
+def check_output_dir(output_dir: Path, force: bool, sources=()) -> None:
+    """Refuse early, before any expensive work, when OUTPUT_DIR cannot be used.
+
+    ``sources``: the folders the command reads (the model folder, the folder being quantized).
+    An output folder that is, lies inside or contains one of them is refused even with
+    ``force``: replacing it would delete what is being read (``export m m --force`` lost the
+    weights). ``force`` replaces only a folder modelexport wrote (it holds our metadata file):
+    ``--force`` on any other non-empty folder (a home folder, a model) is refused too.
+    """
+    output_dir = Path(output_dir).resolve()
+    for source in sources:
+        if source is None:
+            continue
+        source = Path(source).resolve()
+        relation = _relation(output_dir, source)
+        if relation is not None:
+            raise OutputExistsError(f"output folder {output_dir} {relation} {source}, which this command reads; "
+                                    "choose another output folder (nothing was changed)")
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputExistsError(f"output path {output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
-        raise OutputExistsError(f"output folder {output_dir} is not empty; pass --force to replace it")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not force:
+            raise OutputExistsError(f"output folder {output_dir} is not empty; pass --force to replace it")
+        if not (output_dir / METADATA_FILE).is_file():
+            raise OutputExistsError(f"output folder {output_dir} is not empty and was not written by modelexport (no "
+                                    f"{METADATA_FILE}): --force replaces only modelexport's folders; remove it "
+                                    "yourself or choose another output folder")
     parent = output_dir.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent  # the folder that will hold the new ones
@@ -42,11 +75,11 @@ _SWAP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 @contextlib.contextmanager
-def staged_output_dir(output_dir: Path, force: bool) -> Iterator[Path]:
+def staged_output_dir(output_dir: Path, force: bool, sources=()) -> Iterator[Path]:
     """Yield a temporary folder; on success it becomes ``output_dir``."""
-    output_dir = output_dir.resolve()
+    output_dir = Path(output_dir).resolve()
     recover_leftovers(output_dir)
-    check_output_dir(output_dir, force)
+    check_output_dir(output_dir, force, sources)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=_STAGING.format(name=output_dir.name, pid=os.getpid()),
                                     dir=output_dir.parent))

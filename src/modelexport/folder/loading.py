@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelexport.errors import ModelExportError
-from modelexport.exporter.metadata import METADATA_FILE, ExportMetadata, read_metadata
+from modelexport.folder.metadata import METADATA_FILE, ExportMetadata, read_metadata
 
 
 @dataclass

@@ -10,7 +10,8 @@ import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
+
+from modelexport.runtime.numeric import output_difference
 
 
 @dataclass
@@ -103,28 +104,6 @@ def validate_file(onnx_path: Path, submodel, onnx_config, atol: float | None = N
         result.outputs[name] = diff
         result.max_abs_diff = max(result.max_abs_diff, diff)
     return result
-
-
-def output_difference(ref: np.ndarray, got: np.ndarray) -> tuple[float, str]:
-    """Max |got - ref| over the values both have finite, and what is wrong with the rest.
-
-    A NaN or Inf in ``got`` where ``ref`` is finite is reported (the second item); one where
-    ``ref`` has the same non-finite value is agreement.
-    """
-    if not ref.size:
-        return 0.0, ""
-    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
-    finite_ref, finite_got = np.isfinite(ref64), np.isfinite(got64)
-    both = finite_ref & finite_got
-    diff = float(np.max(np.abs(ref64[both] - got64[both]))) if both.any() else 0.0
-    broken = int(np.count_nonzero(finite_ref & ~finite_got))
-    mismatched = int(np.count_nonzero(~finite_ref & ~(np.isnan(ref64) & np.isnan(got64)) & (ref64 != got64)))
-    problems = []
-    if broken:
-        problems.append(f"{broken} NaN/Inf values where PyTorch is finite")
-    if mismatched:
-        problems.append(f"{mismatched} non-finite PyTorch values not matched")
-    return diff, "; ".join(problems)
 
 
 def merge_validations(results: list[tuple[str, FileValidation]]) -> dict:

@@ -132,3 +132,29 @@ def write_artifacts(source_path: str | None, config, output_dir: Path, trust_rem
 
 def records_as_dicts(records: list[ArtifactRecord]) -> list[dict]:
     return [asdict(r) for r in records]
+
+
+# Files of an exported folder that a derived folder (optimized, quantized) writes anew.
+def _is_model_file(relative: Path) -> bool:
+    name = relative.name
+    return len(relative.parts) == 1 and (name.endswith((".onnx", ".onnx_data", ".onnx.data"))
+                                         or name.startswith("modelexport_"))
+
+
+def copy_side_files(src: Path, dst: Path) -> list[str]:
+    """Copy every file of ``src`` into ``dst`` except its ONNX files, their weights and our own
+    metadata and reports, subfolders included (a sentence-transformers folder's ``1_Pooling/``,
+    ``2_Normalize/``): a derived folder loads wherever the source did. Returns what was copied."""
+    copied = []
+    for path in sorted(Path(src).rglob("*")):
+        relative = path.relative_to(src)
+        if relative.parts[0].startswith(".") or _is_model_file(relative):
+            continue  # hidden: staging folders and probes of a run in progress
+        target = Path(dst) / relative
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied.append(str(relative))
+    return copied

@@ -1,0 +1,322 @@
+"""The export that needs no Optimum config: plan the files of the folder from the model and its
+task, trace each with torch.export, and check each against PyTorch.
+
+Layouts are Optimum's, so the same folder loads in its ORTModel classes:
+- ``single``: ``model.onnx`` (encoders, classifiers, vision, audio, vision-language models,
+  decoders whose cache is not a plain key/value cache);
+- ``decoder-with-past``: ``model.onnx`` taking the KV cache (``past_key_values.N.key/value``, a past
+  of length 0 on the first step) and returning it (``present.N.key/value``);
+- ``seq2seq-with-past``: ``encoder_model.onnx``, ``decoder_model.onnx`` (first step) and
+  ``decoder_with_past_model.onnx``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from modelexport.errors import ModelExportError
+from modelexport.exporter.generic.inputs import Example, InputBuilder, Preprocessors, forward_parameters
+from modelexport.exporter.generic.wrappers import (
+    DecoderWithCache,
+    NamedOutputs,
+    Seq2SeqDecoder,
+    Seq2SeqEncoder,
+    cache_layers,
+    past_names,
+    present_names,
+    tensor_outputs,
+)
+
+PAST = 5  # example past length (distinct from batch 2, sequence 7, encoder sequence 9)
+ATOL = 1e-4
+
+
+@dataclass
+class PlannedFile:
+    name: str
+    module: torch.nn.Module  # what is traced (a wrapper holding the model or one of its parts)
+    root: str  # module path, in the model, of the part traced ("" = the whole model)
+    example: Example  # traced with these
+    checks: list[Example]  # and compared with PyTorch on these (other sizes, an empty past...)
+    output_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    layout: str
+    task: str
+    files: list[PlannedFile]
+    notes: list[str] = field(default_factory=list)
+
+
+def _with(example: Example, **tensors) -> Example:
+    return Example({**example.inputs, **tensors}, dict(example.axes), list(example.notes))
+
+
+def _layers_of(model) -> int:
+    config = model.config
+    for scope in (config, getattr(config, "text_config", None), getattr(config, "decoder", None)):
+        for key in ("num_hidden_layers", "n_layer", "num_layers", "decoder_layers"):
+            value = getattr(scope, key, None) if scope is not None else None
+            if isinstance(value, int):
+                return value
+    raise ModelExportError(f"cannot tell the number of layers of {type(model).__name__} from its config")
+
+
+def _call_kwargs(model) -> dict:
+    params = forward_parameters(model)
+    kwargs = {"return_dict": True} if "return_dict" in params else {}
+    if "use_cache" in params:
+        kwargs["use_cache"] = False
+    return kwargs
+
+
+def _unpadded(example: Example) -> Example:
+    """The same inputs with every attention mask all ones: outputs at padded positions are not
+    defined (PyTorch's own attention implementations disagree there), so checks skip them."""
+    changed = {k: torch.ones_like(v) for k, v in example.inputs.items() if k.endswith("attention_mask")
+               and v.dtype in (torch.long, torch.int32, torch.bool)}
+    return _with(example, **changed)
+
+
+def plan_single(model, task: str, pre: Preprocessors, library: str) -> Plan:
+    builder = InputBuilder(model, task, pre)
+    example = builder.build(batch=2, sequence=7)
+    positional = library == "sentence_transformers"
+    call_kwargs = {} if positional else _call_kwargs(model)
+    with torch.no_grad():
+        out = model(dict(example.inputs)) if positional else model(**example.inputs, **call_kwargs)
+    names = [n for n in tensor_outputs(out) if n != "loss"]
+    if positional:
+        names = [n for n in ("token_embeddings", "sentence_embedding") if n in names]
+    elif task.startswith("text-generation") and "logits" in names:
+        names = ["logits"]
+    if not names:
+        raise ModelExportError(f"{type(model).__name__} returned no tensor on the example inputs: nothing to export")
+    checks = [_unpadded(example)]
+    try:
+        checks.append(_unpadded(builder.build(batch=3, sequence=11)))
+    except ModelExportError:
+        pass
+    wrapper = NamedOutputs(model, names, call_kwargs, positional=positional)
+    return Plan("single", task, [PlannedFile("model.onnx", wrapper, "", example, checks)], list(example.notes))
+
+
+def plan_decoder_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
+    """None when the model's cache is not a plain per-layer key/value cache."""
+    builder = InputBuilder(model, "text-generation", pre)
+    base = _unpadded(builder.build(batch=2, sequence=7))
+    with torch.no_grad():
+        try:
+            probe = model(**base.inputs, use_cache=True, return_dict=True)
+        except Exception:  # noqa: BLE001  (a model that cannot return its cache: exported without it)
+            return None
+    layers = cache_layers(getattr(probe, "past_key_values", None)) if getattr(probe, "past_key_values", None) \
+        is not None else None
+    if not layers or "logits" not in probe:
+        return None
+    params = forward_parameters(model)
+
+    def step(batch: int, sequence: int, past: int, seed: int) -> Example:
+        example = _unpadded(builder.build(batch=batch, sequence=sequence))
+        inputs = {k: v for k, v in example.inputs.items() if k in ("input_ids", "attention_mask")}
+        inputs["attention_mask"] = torch.ones(batch, past + sequence, dtype=torch.long)
+        if "position_ids" in params:
+            inputs["position_ids"] = torch.arange(past, past + sequence).expand(batch, sequence).contiguous()
+        generator = torch.Generator().manual_seed(seed)
+        for name, (key, value) in zip(past_names(len(layers))[::2], layers):
+            inputs[name] = torch.randn(batch, key.shape[1], past, key.shape[3], generator=generator)
+            inputs[name.replace(".key", ".value")] = torch.randn(batch, value.shape[1], past, value.shape[3],
+                                                                 generator=generator)
+        axes = {"input_ids": {0: "batch_size", 1: "sequence_length"},
+                "attention_mask": {0: "batch_size", 1: "past_sequence_length + sequence_length"},
+                "position_ids": {0: "batch_size", 1: "sequence_length"}}
+        axes.update({name: {0: "batch_size", 2: "past_sequence_length"} for name in past_names(len(layers))})
+        return Example(inputs, {k: v for k, v in axes.items() if k in inputs}, list(example.notes))
+
+    example = step(2, 7, PAST, 0)
+    checks = [step(2, 7, 0, 1), step(3, 2, 4, 2)]  # the first step (no past) and a later one
+    output_axes = {"logits": {0: "batch_size", 1: "sequence_length"}}
+    output_axes.update({n: {0: "batch_size", 2: "past_sequence_length + sequence_length"}
+                        for n in present_names(len(layers))})
+    wrapper = DecoderWithCache(model, len(layers))
+    notes = list(example.notes) + [f"KV cache: {len(layers)} layers, past_key_values.N.key/value in, "
+                                   "present.N.key/value out"]
+    return Plan("decoder-with-past", task, [PlannedFile("model.onnx", wrapper, "", example, checks, output_axes)],
+                notes)
+
+
+def _path_of(model, part) -> str:
+    return next((path for path, module in model.named_modules() if module is part), "")
+
+
+def plan_seq2seq_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
+    encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
+    if encoder is None:
+        return None
+    encoder_builder = InputBuilder(encoder, task, pre)
+    encoder_builder.config = model.config  # image size, mel bins, vocabulary: the model's config
+    enc_example = encoder_builder.build(batch=2, sequence=9)
+    enc_axes = {k: {a: n.replace("sequence_length", "encoder_sequence_length") if n == "sequence_length" else n
+                    for a, n in v.items()} for k, v in enc_example.axes.items()}
+    enc_example = Example(enc_example.inputs, enc_axes, enc_example.notes)
+    with torch.no_grad():
+        hidden = encoder(**enc_example.inputs, return_dict=True).last_hidden_state
+    if hidden.ndim != 3:
+        return None
+    encoder_mask = enc_example.inputs.get("attention_mask")
+    main_input = "decoder_input_ids" if "decoder_input_ids" in forward_parameters(model) else None
+    if main_input is None:
+        return None
+    layers = _layers_of(model)
+    hidden_size = hidden.shape[-1]
+    start = getattr(model.config, "decoder_start_token_id", None)
+    start = start if isinstance(start, int) else 0
+
+    def decoder_inputs(batch: int, length: int, enc: torch.Tensor, mask) -> dict:
+        ids = torch.randint(3, max(4, min(int(getattr(model.config, "vocab_size", 100)), 512)), (batch, length),
+                            generator=torch.Generator().manual_seed(length))
+        ids[:, 0] = start
+        inputs = {"input_ids": ids}
+        if mask is not None:
+            inputs["encoder_attention_mask"] = torch.ones(batch, enc.shape[1], dtype=torch.long)
+        return inputs
+
+    with torch.no_grad():
+        first = Seq2SeqDecoder(model, layers, with_past=False, hidden_size=hidden_size)
+        probe_inputs = {**decoder_inputs(2, 5, hidden, encoder_mask), "encoder_hidden_states": hidden}
+        presents = first(probe_inputs)[1:]
+    dec_axes = {"input_ids": {0: "batch_size", 1: "decoder_sequence_length"},
+                "encoder_hidden_states": {0: "batch_size", 1: "encoder_sequence_length"},
+                "encoder_attention_mask": {0: "batch_size", 1: "encoder_sequence_length"}}
+
+    def with_past_example(batch: int, length: int, past: int, seed: int) -> Example:
+        generator = torch.Generator().manual_seed(seed)
+        inputs = decoder_inputs(batch, length, hidden, encoder_mask)
+        for i in range(layers):
+            sk, sv, ck, cv = presents[4 * i: 4 * i + 4]
+            inputs[f"past_key_values.{i}.decoder.key"] = torch.randn(batch, sk.shape[1], past, sk.shape[3],
+                                                                     generator=generator)
+            inputs[f"past_key_values.{i}.decoder.value"] = torch.randn(batch, sv.shape[1], past, sv.shape[3],
+                                                                       generator=generator)
+            inputs[f"past_key_values.{i}.encoder.key"] = torch.randn(batch, ck.shape[1], hidden.shape[1],
+                                                                     ck.shape[3], generator=generator)
+            inputs[f"past_key_values.{i}.encoder.value"] = torch.randn(batch, cv.shape[1], hidden.shape[1],
+                                                                       cv.shape[3], generator=generator)
+        axes = {k: v for k, v in dec_axes.items() if k in inputs}
+        axes.update({n: {0: "batch_size", 2: "past_decoder_sequence_length"} for n in past_names(layers, "decoder")})
+        axes.update({n: {0: "batch_size", 2: "encoder_sequence_length"} for n in past_names(layers, "encoder")})
+        return Example(inputs, axes, [])
+
+    def first_example(batch: int, length: int) -> Example:
+        enc = hidden[:1].expand(batch, -1, -1).contiguous() if batch != hidden.shape[0] else hidden
+        inputs = {**decoder_inputs(batch, length, enc, encoder_mask), "encoder_hidden_states": enc}
+        order = ["input_ids", "encoder_hidden_states", "encoder_attention_mask"]
+        inputs = {k: inputs[k] for k in order if k in inputs}
+        return Example(inputs, {k: v for k, v in dec_axes.items() if k in inputs}, [])
+
+    encoder_file = PlannedFile("encoder_model.onnx", Seq2SeqEncoder(encoder), _path_of(model, encoder), enc_example,
+                               [_unpadded(enc_example)], {"last_hidden_state": {0: "batch_size",
+                                                                                1: "encoder_sequence_length"}})
+    first_axes = {"logits": {0: "batch_size", 1: "decoder_sequence_length"}}
+    first_axes.update({n: {0: "batch_size", 2: "decoder_sequence_length"} for n in present_names(layers, "decoder")})
+    first_axes.update({n: {0: "batch_size", 2: "encoder_sequence_length"} for n in present_names(layers, "encoder")})
+    decoder_file = PlannedFile("decoder_model.onnx", first, "", first_example(2, 5),
+                               [first_example(2, 5), first_example(3, 4)], first_axes)
+    past_axes = {"logits": {0: "batch_size", 1: "decoder_sequence_length"}}
+    past_axes.update({n: {0: "batch_size", 2: "past_decoder_sequence_length + decoder_sequence_length"}
+                      for n in present_names(layers, "decoder")})
+    with_past = Seq2SeqDecoder(model, layers, with_past=True, hidden_size=hidden_size)
+    past_file = PlannedFile("decoder_with_past_model.onnx", with_past, "", with_past_example(2, 3, PAST, 0),
+                            [with_past_example(2, 3, PAST, 1), with_past_example(3, 1, 2, 2)], past_axes)
+    notes = list(enc_example.notes) + [f"encoder-decoder: {layers} decoder layers, Optimum's encoder / decoder / "
+                                       "decoder-with-past files"]
+    return Plan("seq2seq-with-past", task, [encoder_file, decoder_file, past_file], notes)
+
+
+def plan_export(model, task: str, pre: Preprocessors, library: str = "transformers") -> Plan:
+    """The files to write for ``task``; a with-past task falls back to the plain one (with a note)
+    when the model's cache cannot be laid out as Optimum's."""
+    if task == "text-generation-with-past":
+        plan = plan_decoder_with_past(model, task, pre)
+        if plan is not None:
+            return plan
+        plan = plan_single(model, "text-generation", pre, library)
+        plan.notes.append("the model's cache is not a per-layer key/value cache (state-space or hybrid layers): "
+                          "exported without it (each step runs the whole sequence)")
+        return plan
+    if task in ("text2text-generation-with-past", "automatic-speech-recognition-with-past"):
+        plan = plan_seq2seq_with_past(model, task, pre)
+        if plan is not None:
+            return plan
+        raise ModelExportError(f"{type(model).__name__} has no encoder / decoder split the export knows; "
+                               f"export it with --task {task.replace('-with-past', '')}")
+    return plan_single(model, task, pre, library)
+
+
+@dataclass
+class ExportedFileInfo:
+    name: str
+    root: str
+    trace_warnings: list[str]
+    inputs: dict  # name -> {"shape", "dtype", "dynamic_axes"} of the example traced
+
+
+def trace_files(plan: Plan, model, staging: Path, opset: int) -> tuple[list[ExportedFileInfo], list[dict]]:
+    """torch.export each planned file into ``staging``, with the export patches the model needs."""
+    from modelexport.exporter.dynamo_trace import export_dynamo
+    from modelexport.exporter.generic.patches import export_patches
+
+    infos = []
+    with export_patches(model) as applied, torch.no_grad():
+        for planned in plan.files:
+            axes = {**planned.example.axes, **planned.output_axes}
+            warnings = export_dynamo(planned.module, (dict(planned.example.inputs),), None, staging / planned.name,
+                                     input_names=list(planned.example.inputs),
+                                     output_names=list(planned.module.output_names), dynamic_axes=axes, opset=opset)
+            infos.append(ExportedFileInfo(planned.name, planned.root, warnings, {
+                name: {"shape": list(value.shape), "dtype": str(value.dtype).replace("torch.", ""),
+                       "dynamic_axes": {str(a): n for a, n in planned.example.axes.get(name, {}).items()}}
+                for name, value in planned.example.inputs.items()}))
+        patches = [p.as_dict() for p in applied]
+    return infos, patches
+
+
+def validate_files(plan: Plan, model, staging: Path) -> dict[str, dict]:
+    """Each file against PyTorch on its check inputs (other sizes than the trace's, an empty past):
+    the max |ONNX Runtime - PyTorch| per output, NaN/Inf and shape mismatches counted apart."""
+    import onnxruntime as ort
+
+    from modelexport.runtime.numeric import output_difference
+
+    results = {}
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    for planned in plan.files:
+        session = ort.InferenceSession(str(staging / planned.name), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        report = {"atol": ATOL, "max_abs_diff": 0.0, "outputs": {}, "shape_mismatches": [], "nonfinite": [],
+                  "checked_shapes": []}
+        for example in planned.checks:
+            with torch.no_grad():
+                reference = planned.module(dict(example.inputs))
+            feed = {k: v.numpy() for k, v in example.inputs.items()}
+            got = session.run(names, feed)
+            report["checked_shapes"].append({k: list(v.shape) for k, v in example.inputs.items()})
+            for name, ref, value in zip(planned.module.output_names, reference, got):
+                ref = ref.detach().float().numpy()
+                if ref.shape != value.shape:
+                    report["shape_mismatches"].append(f"{name}: {list(value.shape)} vs PyTorch {list(ref.shape)}")
+                    continue
+                diff, problem = output_difference(ref, value)
+                if problem:
+                    report["nonfinite"].append(f"{name}: {problem}")
+                report["outputs"][name] = max(report["outputs"].get(name, 0.0), diff)
+                report["max_abs_diff"] = max(report["max_abs_diff"], diff)
+        report["passed"] = not report["shape_mismatches"] and not report["nonfinite"] and \
+            report["max_abs_diff"] <= report["atol"]
+        results[planned.name] = report
+        del session
+    return results

@@ -1,0 +1,354 @@
+"""Example inputs for the export that needs no Optimum config, built from the model itself.
+
+What ``forward`` takes (its signature), sized by the config (vocabulary, image size, channels,
+mel bins) and, where the folder has them, made by its own preprocessors: the tokenizer on sample
+sentences, the processor on a generated image with its image token (so that ``pixel_values``,
+``image_grid_thw`` and the image tokens in ``input_ids`` fit together), the feature extractor on
+generated audio. Sizes are distinct primes-ish (batch 2, sequence 7, ...) because torch.export
+gives dims of equal example size one symbol.
+
+Each input carries its dynamic axes, named as Optimum names them (``batch_size``,
+``sequence_length``, ``height``...); inputs a processor made whose layout we do not know keep
+every axis but the batch static, and the metadata says so.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelexport.errors import ModelExportError
+
+SAMPLE_TEXTS = ("Hello world, this is a sample sentence for the export.",
+                "A second sentence, a little longer than the first one, to fill the batch.",
+                "Short third.", "And a fourth one.")
+# Inputs of these names are built when forward takes them; any other parameter with a default is
+# left to its default (labels, output_attentions, head_mask, ...).
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "bbox")
+MAIN_AUDIO_INPUTS = ("input_values", "input_features")
+
+
+@dataclass
+class Example:
+    inputs: dict  # name -> torch.Tensor, in forward's order
+    axes: dict[str, dict[int, str]]  # name -> {axis: Optimum-style axis name}
+    notes: list[str] = field(default_factory=list)  # what made the inputs, in words
+
+    def shapes(self) -> dict[str, list[int]]:
+        return {k: list(v.shape) for k, v in self.inputs.items()}
+
+
+def forward_parameters(model) -> dict[str, inspect.Parameter]:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: p for k, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def _config_value(config, *names, default=None):
+    """The first of ``names`` set on the config or on its vision / text / audio sub-configs."""
+    scopes = [config] + [getattr(config, sub, None) for sub in
+                         ("vision_config", "text_config", "audio_config", "encoder", "backbone_config")]
+    for name in names:
+        for scope in scopes:
+            value = getattr(scope, name, None) if scope is not None else None
+            if value is not None:
+                return value
+    return default
+
+
+def _special_ids(config) -> set[int]:
+    ids = set()
+    for scope in (config, getattr(config, "text_config", None)):
+        for key in ("image_token_id", "image_token_index", "video_token_id", "audio_token_id", "pad_token_id",
+                    "boi_token_id", "eoi_token_id", "vision_start_token_id", "vision_end_token_id"):
+            value = getattr(scope, key, None) if scope is not None else None
+            if isinstance(value, int):
+                ids.add(value)
+    return ids
+
+
+class Preprocessors:
+    """The folder's own tokenizer / image processor / feature extractor / processor, each loaded
+    only when asked for; None where the folder has none."""
+
+    def __init__(self, folder: Path | None, trust_remote_code: bool = False):
+        self.folder = folder
+        self.trust_remote_code = trust_remote_code
+        self._cache: dict[str, object] = {}
+
+    def _load(self, kind: str):
+        if kind in self._cache:
+            return self._cache[kind]
+        obj = None
+        if self.folder is not None:
+            import transformers
+
+            loader = getattr(transformers, {"tokenizer": "AutoTokenizer", "image_processor": "AutoImageProcessor",
+                                            "feature_extractor": "AutoFeatureExtractor",
+                                            "processor": "AutoProcessor"}[kind])
+            try:
+                obj = loader.from_pretrained(str(self.folder), trust_remote_code=self.trust_remote_code)
+            except Exception:  # "this folder has none" takes many exception types in transformers
+                obj = None
+        self._cache[kind] = obj
+        return obj
+
+    @property
+    def tokenizer(self):
+        return self._load("tokenizer")
+
+    @property
+    def image_processor(self):
+        return self._load("image_processor")
+
+    @property
+    def feature_extractor(self):
+        return self._load("feature_extractor")
+
+    @property
+    def processor(self):
+        """A processor that combines parts (text and image/audio), not a bare tokenizer."""
+        proc = self._load("processor")
+        if proc is None or not (hasattr(proc, "image_processor") or hasattr(proc, "feature_extractor")):
+            return None
+        return proc if hasattr(proc, "tokenizer") else None
+
+
+def _generated_images(count: int, size: int = 64):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def _generated_audio(count: int, seconds: float, rate: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * rate)) / rate
+    return [(0.3 * np.sin(2 * np.pi * (220 + 110 * i) * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+            for i in range(count)]
+
+
+def _image_token(processor) -> str | None:
+    token = getattr(processor, "image_token", None)
+    if isinstance(token, str):
+        return token
+    tokenizer = getattr(processor, "tokenizer", None)
+    for candidate in ("<image>", "<|image_pad|>", "<start_of_image>", "<|image|>", "<fake_token_around_image>"):
+        if tokenizer is not None and candidate in tokenizer.get_vocab():
+            return candidate
+    return None
+
+
+class InputBuilder:
+    """Builds ``Example``s of a given batch and sequence size for one model and task."""
+
+    def __init__(self, model, task: str, preprocessors: Preprocessors):
+        self.model = model
+        self.task = task.replace("-with-past", "")
+        self.config = model.config
+        self.params = forward_parameters(model)
+        self.pre = preprocessors
+
+    # -- modalities -------------------------------------------------------------------------
+    def takes(self, name: str) -> bool:
+        return name in self.params
+
+    def _vocab(self) -> int:
+        return int(_config_value(self.config, "vocab_size", default=100) or 100)
+
+    def _ids(self, *shape):
+        import torch
+
+        high = max(4, min(self._vocab(), 512))
+        ids = torch.randint(3, high, shape, generator=torch.Generator().manual_seed(sum(shape)))
+        for special in _special_ids(self.config):
+            ids[ids == special] = 3 if special != 3 else 4
+        return ids
+
+    # -- builders ---------------------------------------------------------------------------
+    def build(self, batch: int = 2, sequence: int = 7) -> Example:
+        import torch
+
+        inputs: dict = {}
+        axes: dict[str, dict[int, str]] = {}
+        notes: list[str] = []
+        made_by_processor = self._from_processor(batch, inputs, axes, notes)
+        if not made_by_processor:
+            self._text(batch, sequence, inputs, axes, notes)
+            self._vision(batch, inputs, axes, notes)
+            self._audio(batch, inputs, axes, notes)
+        if self.takes("decoder_input_ids") and "decoder_input_ids" not in inputs:
+            start = getattr(self.config, "decoder_start_token_id", None)
+            start = start if isinstance(start, int) else 0
+            inputs["decoder_input_ids"] = torch.full((batch, 5), start, dtype=torch.long)
+            inputs["decoder_input_ids"][:, 1:] = self._ids(batch, 4)
+            axes["decoder_input_ids"] = {0: "batch_size", 1: "decoder_sequence_length"}
+        missing = [name for name, p in self.params.items() if p.default is inspect.Parameter.empty
+                   and name not in inputs]
+        if missing:
+            raise ModelExportError(
+                f"cannot build example input(s) {', '.join(missing)} for {type(self.model).__name__} from its config; "
+                "export from a folder that holds the model's processor")
+        ordered = {name: inputs[name] for name in self.params if name in inputs}
+        return Example(ordered, {k: v for k, v in axes.items() if k in ordered}, notes)
+
+    def _text(self, batch, sequence, inputs, axes, notes) -> None:
+        import torch
+
+        if not self.takes("input_ids"):
+            return
+        shape = (batch, sequence)
+        if self.task == "multiple-choice":
+            shape = (batch, 3, sequence)
+        tokenizer = self.pre.tokenizer
+        encoded = None
+        if tokenizer is not None and self.task != "multiple-choice":
+            try:
+                if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+                    tokenizer.pad_token = tokenizer.eos_token
+                texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(batch)]
+                encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=sequence,
+                                    return_tensors="pt")
+                notes.append("text inputs: the folder's tokenizer on sample sentences")
+            except Exception:  # a tokenizer that cannot pad or truncate: generated ids instead
+                encoded = None
+        if encoded is not None and tuple(encoded["input_ids"].shape) == shape:
+            for name in TEXT_INPUTS:
+                if name in encoded and self.takes(name):
+                    inputs[name] = encoded[name].long()
+        else:
+            inputs["input_ids"] = self._ids(*shape)
+            notes.append("text inputs: generated token ids (the folder has no tokenizer)")
+        names = ("batch_size", "num_choices", "sequence_length") if len(shape) == 3 else ("batch_size", "sequence_length")
+        for name in TEXT_INPUTS:
+            if not self.takes(name):
+                continue
+            if name not in inputs:
+                if name == "attention_mask":
+                    inputs[name] = torch.ones(shape, dtype=torch.long)
+                elif name == "token_type_ids":
+                    if int(getattr(self.config, "type_vocab_size", 0) or 0) < 1:
+                        continue
+                    inputs[name] = torch.zeros(shape, dtype=torch.long)
+                elif name == "bbox":
+                    inputs[name] = torch.zeros((*shape, 4), dtype=torch.long)
+            axes[name] = dict(enumerate(names))
+
+    def _vision(self, batch, inputs, axes, notes) -> None:
+        import torch
+
+        if not self.takes("pixel_values"):
+            return
+        processor = self.pre.image_processor
+        if processor is not None:
+            try:
+                pixels = processor(images=_generated_images(batch), return_tensors="pt")["pixel_values"]
+                if pixels.ndim == 4 and pixels.shape[0] == batch:
+                    inputs["pixel_values"] = pixels.float()
+                    axes["pixel_values"] = {0: "batch_size", 2: "height", 3: "width"}
+                    notes.append("pixel_values: the folder's image processor on generated images")
+                    return
+            except Exception:  # an image processor that needs more than images: sized from the config
+                pass
+        channels = int(_config_value(self.config, "num_channels", "in_channels", "in_chans", default=3))
+        size = _config_value(self.config, "image_size", "img_size", "input_size", default=224)
+        height, width = (size[-2], size[-1]) if isinstance(size, (list, tuple)) else (size, size)
+        inputs["pixel_values"] = torch.randn(batch, channels, int(height), int(width),
+                                             generator=torch.Generator().manual_seed(1))
+        axes["pixel_values"] = {0: "batch_size", 2: "height", 3: "width"}
+        notes.append(f"pixel_values: generated, {channels}x{height}x{width} from the config")
+
+    def _audio(self, batch, inputs, axes, notes) -> None:
+        import torch
+
+        name = next((n for n in MAIN_AUDIO_INPUTS if self.takes(n)), None)
+        if name is None:
+            return
+        extractor = self.pre.feature_extractor or default_feature_extractor(self.config)
+        if extractor is not None:
+            rate = int(getattr(extractor, "sampling_rate", 16000) or 16000)
+            try:
+                features = extractor(_generated_audio(batch, 1.0, rate), sampling_rate=rate, return_tensors="pt")
+            except Exception:  # an extractor that wants more than audio: sized from the config below
+                features = None
+            if features is not None and name in features:
+                value = features[name].float()
+                inputs[name] = value
+                axes[name] = {0: "batch_size", **self._audio_time_axis(name, value)}
+                if "attention_mask" in features and self.takes("attention_mask") and name == "input_values":
+                    inputs["attention_mask"] = features["attention_mask"].long()
+                    axes["attention_mask"] = {0: "batch_size", 1: "sequence_length"}
+                source = "the folder's" if self.pre.feature_extractor is not None else "a default"
+                notes.append(f"{name}: {source} {type(extractor).__name__} on generated audio")
+                return
+        if name == "input_values":
+            inputs[name] = torch.randn(batch, 16000, generator=torch.Generator().manual_seed(2))
+            axes[name] = {0: "batch_size", 1: "sequence_length"}
+        else:
+            mels = int(_config_value(self.config, "num_mel_bins", "feature_size", "input_feat_per_channel", default=80))
+            frames = 2 * int(_config_value(self.config, "max_source_positions", default=1500))
+            inputs[name] = torch.randn(batch, mels, frames, generator=torch.Generator().manual_seed(2))
+            axes[name] = {0: "batch_size"}
+        notes.append(f"{name}: generated from the config")
+
+    def _audio_time_axis(self, name: str, value) -> dict[int, str]:
+        if name == "input_values":
+            return {1: "sequence_length"}
+        mels = _config_value(self.config, "num_mel_bins", "feature_size", "input_feat_per_channel")
+        if value.ndim == 3 and mels is not None:
+            return {2: "feature_sequence_length"} if value.shape[1] == mels else {1: "feature_sequence_length"}
+        return {}
+
+    def _from_processor(self, batch, inputs, axes, notes) -> bool:
+        """Multimodal models: the processor on sample text with its image token and generated images."""
+        processor = self.pre.processor
+        takes_image = self.takes("pixel_values") and self.takes("input_ids")
+        if processor is None or not takes_image or not hasattr(processor, "image_processor"):
+            return False
+        token = _image_token(processor)
+        if token is None:
+            return False
+        texts = [f"{token} {SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]}" for i in range(batch)]
+        try:
+            encoded = processor(text=texts, images=_generated_images(batch), return_tensors="pt", padding=True)
+        except Exception as e:  # noqa: BLE001  (reported: the user learns why the processor was not used)
+            notes.append(f"the folder's processor failed on a generated sample ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120] if str(e) else ''})")
+            return False
+        for name, value in encoded.items():
+            if name not in self.params or not hasattr(value, "shape"):
+                continue
+            inputs[name] = value
+            if name in ("input_ids", "attention_mask", "token_type_ids"):
+                axes[name] = {0: "batch_size", 1: "sequence_length"}
+            elif value.ndim >= 1 and value.shape[0] == batch and name == "pixel_values" and value.ndim == 4:
+                axes[name] = {0: "batch_size"}
+        notes.append(f"inputs: the folder's {type(processor).__name__} on sample text with its image token "
+                     f"{token!r} and generated images; image inputs keep the processor's shapes")
+        return True
+
+
+def default_feature_extractor(config):
+    """transformers' feature extractor class for the model type, default-constructed (with the
+    config's number of mel bins): the layout of ``input_features`` is the extractor's to decide."""
+    try:
+        import transformers
+        from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
+    except ImportError:
+        return None
+    name = FEATURE_EXTRACTOR_MAPPING_NAMES.get(config.model_type)
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    if cls is None:
+        return None
+    mels = _config_value(config, "num_mel_bins", "input_feat_per_channel")
+    for kwargs in (({"feature_size": int(mels)},) if mels else ()) + ({},):
+        try:
+            return cls(**kwargs)
+        except Exception:  # noqa: BLE001  (a constructor that wants files: no default extractor)
+            continue
+    return None

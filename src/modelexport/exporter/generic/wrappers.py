@@ -1,0 +1,183 @@
+"""The modules the Optimum-free path hands to torch.export: the user's model, called as it is
+called in use, with named tensors in and named tensors out.
+
+Each wrapper holds the model as its child ``model`` and adds no module of its own, so the module
+stack torch.export records is ``model.<named_modules() path>``: the tagging pass strips the
+``model`` prefix (``SCOPE_PREFIX``) and reads the model's own paths. Inputs are one dict (a
+pytree torch.export flattens in insertion order, so input names are the dict's keys); outputs a
+tuple in the order of ``output_names``.
+
+- ``NamedOutputs``: encoders, classifiers, vision and audio models, sentence-transformers.
+- ``DecoderWithCache``: a decoder with its KV cache flattened as Optimum names it
+  (``past_key_values.N.key`` in, ``present.N.key`` out), the cache rebuilt inside the graph.
+- ``Seq2SeqEncoder`` / ``Seq2SeqDecoder``: Optimum's encoder / decoder / decoder-with-past files.
+"""
+from __future__ import annotations
+
+import torch
+
+SCOPE_PREFIX = "model"
+
+
+def tensor_outputs(output) -> list[str]:
+    """Names of the tensors a forward returned, in order: ModelOutput / dict fields that are
+    tensors (nested outputs, caches and tuples of hidden states are not graph outputs here)."""
+    if isinstance(output, torch.Tensor):
+        return ["output"]
+    items = output.items() if hasattr(output, "items") else []
+    return [k for k, v in items if isinstance(v, torch.Tensor)]
+
+
+def pick(output, names: list[str]) -> tuple:
+    if isinstance(output, torch.Tensor):
+        return (output,)
+    return tuple(output[n] for n in names)
+
+
+class NamedOutputs(torch.nn.Module):
+    """``model(**inputs)`` (or ``model(inputs)`` for sentence-transformers) -> the named outputs."""
+
+    def __init__(self, model, output_names: list[str], call_kwargs: dict | None = None, positional: bool = False):
+        super().__init__()
+        self.model = model
+        self.output_names = list(output_names)
+        self.call_kwargs = dict(call_kwargs or {})
+        self.positional = positional  # sentence-transformers: forward(features: dict)
+
+    def forward(self, inputs: dict):
+        out = self.model(dict(inputs)) if self.positional else self.model(**inputs, **self.call_kwargs)
+        return pick(out, self.output_names)
+
+
+# -- KV caches ----------------------------------------------------------------------------------
+def new_cache(config):
+    """An empty DynamicCache laid out for the model's layers (sliding-window layers where the
+    config has them), in transformers 4.57 and 5.x."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:
+        return DynamicCache()
+
+
+def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """(key, value) per layer of a returned cache; None when it is not a plain key/value cache
+    (state-space or hybrid caches)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        legacy = cache.to_legacy_cache() if hasattr(cache, "to_legacy_cache") else cache
+        if isinstance(legacy, (list, tuple)) and all(isinstance(x, (list, tuple)) and len(x) == 2 for x in legacy):
+            return [(k, v) for k, v in legacy]
+        return None
+    found = []
+    for layer in layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor) or keys.ndim != 4:
+            return None
+        found.append((keys, values))
+    return found
+
+
+def filled_cache(config, pairs):
+    cache = new_cache(config)
+    for i, (key, value) in enumerate(pairs):
+        cache.update(key, value, i)
+    return cache
+
+
+def past_names(layers: int, kind: str = "") -> list[str]:
+    """``past_key_values.N.key`` / ``.value`` (``kind``: "decoder"/"encoder" for seq2seq)."""
+    middle = f".{kind}" if kind else ""
+    return [f"past_key_values.{i}{middle}.{part}" for i in range(layers) for part in ("key", "value")]
+
+
+def present_names(layers: int, kind: str = "") -> list[str]:
+    return [n.replace("past_key_values", "present") for n in past_names(layers, kind)]
+
+
+class DecoderWithCache(torch.nn.Module):
+    """A causal LM step: ``input_ids``, ``attention_mask`` (past + new), ``position_ids`` and the
+    past keys/values of every layer in; ``logits`` and the new keys/values out. A past of length
+    0 is the first step (Optimum's single-file decoder layout)."""
+
+    def __init__(self, model, layers: int, logits_name: str = "logits"):
+        super().__init__()
+        self.model = model
+        self.layers = layers
+        self.logits_name = logits_name
+        self.output_names = [logits_name] + present_names(layers)
+
+    def forward(self, inputs: dict):
+        names = past_names(self.layers)
+        pairs = [(inputs[names[2 * i]], inputs[names[2 * i + 1]]) for i in range(self.layers)]
+        kwargs = {k: v for k, v in inputs.items() if not k.startswith("past_key_values.")}
+        out = self.model(**kwargs, past_key_values=filled_cache(self.model.config, pairs), use_cache=True)
+        layers = cache_layers(out.past_key_values)
+        return (out[self.logits_name], *[t for pair in layers for t in pair])
+
+
+class Seq2SeqEncoder(torch.nn.Module):
+    """The encoder file: the model's encoder alone (its path in the model is the file's root)."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.model = encoder
+        self.output_names = ["last_hidden_state"]
+
+    def forward(self, inputs: dict):
+        return (self.model(**inputs, return_dict=True).last_hidden_state,)
+
+
+class Seq2SeqDecoder(torch.nn.Module):
+    """Optimum's decoder files of an encoder-decoder model.
+
+    Without past (``decoder_model.onnx``): ``input_ids`` (decoder), ``encoder_hidden_states``,
+    ``encoder_attention_mask`` in; ``logits`` and every layer's self-attention and cross-attention
+    keys/values out. With past (``decoder_with_past_model.onnx``): the same keys/values in, and
+    only the self-attention ones out (the cross-attention ones do not change), as Optimum lays
+    them out; the encoder's hidden states are not needed then, only its length (from the cached
+    cross-attention keys)."""
+
+    def __init__(self, model, layers: int, with_past: bool, hidden_size: int, input_key: str = "decoder_input_ids"):
+        super().__init__()
+        self.model = model
+        self.layers = layers
+        self.with_past = with_past
+        self.hidden_size = hidden_size
+        self.input_key = input_key
+        self.output_names = ["logits"] + (present_names(layers, "decoder") if with_past else
+                                          [n for i in range(layers) for n in
+                                           present_names(layers, "decoder")[2 * i:2 * i + 2]
+                                           + present_names(layers, "encoder")[2 * i:2 * i + 2]])
+
+    def forward(self, inputs: dict):
+        from transformers import EncoderDecoderCache
+
+        config = self.model.config
+        if self.with_past:
+            self_pairs = [(inputs[f"past_key_values.{i}.decoder.key"], inputs[f"past_key_values.{i}.decoder.value"])
+                          for i in range(self.layers)]
+            cross_pairs = [(inputs[f"past_key_values.{i}.encoder.key"], inputs[f"past_key_values.{i}.encoder.value"])
+                           for i in range(self.layers)]
+            cache = EncoderDecoderCache(filled_cache(config, self_pairs), filled_cache(config, cross_pairs))
+            first_key = cross_pairs[0][0]
+            # the encoder's output is read from the cache; only its shape is used (masks)
+            hidden = first_key.new_zeros(first_key.shape[0], first_key.shape[2], self.hidden_size)
+        else:
+            cache = EncoderDecoderCache(new_cache(config), new_cache(config))
+            hidden = inputs["encoder_hidden_states"]
+        kwargs = {"encoder_outputs": (hidden,), self.input_key: inputs["input_ids"], "past_key_values": cache,
+                  "use_cache": True, "return_dict": True}
+        if "encoder_attention_mask" in inputs:
+            kwargs["attention_mask"] = inputs["encoder_attention_mask"]
+        out = self.model(**kwargs)
+        returned = out.past_key_values
+        self_layers = cache_layers(returned.self_attention_cache)
+        if self.with_past:
+            return (out.logits, *[t for pair in self_layers for t in pair])
+        cross_layers = cache_layers(returned.cross_attention_cache)
+        flat = []
+        for (sk, sv), (ck, cv) in zip(self_layers, cross_layers):
+            flat += [sk, sv, ck, cv]
+        return (out.logits, *flat)
