@@ -61,4 +61,4 @@ def test_traced_root_is_found_named_or_warned():
 
     assert traced_root(ExportedFile("encoder_model.onnx", Wrapper(model.enc)), paths) == ("enc", [])
     root, warnings = traced_root(ExportedFile("x.onnx", torch.nn.Linear(2, 2)), paths)
-    assert root == "" and warnings and "x.onnx" in warnings[0] and "not part of the model" in warnings[0]
+    assert root == "" and warnings and "is not part of the model" in warnings[0]  # the pipeline names the file

@@ -1,13 +1,15 @@
 """modelexport: Hugging Face and PyTorch models to ONNX, every node tagged with its module.
 
 Public API (imported lazily so that ``import modelexport`` does not pay for torch):
-``export``, ``export_module``, ``read_tags``, ``ExportResult``, ``ModelExportError``.
+``export``, ``export_module``, ``load`` (run an exported folder), ``read_tags``, ``ExportResult``,
+``ModelExportError``.
 """
 from __future__ import annotations
 
 from importlib import import_module
 
-__all__ = ["export", "export_module", "read_tags", "load_pipeline", "ExportResult", "ModelExportError", "NodeTag"]
+__all__ = ["export", "export_module", "read_tags", "load", "load_pipeline", "ExportResult", "ModelExportError",
+           "NodeTag", "ExportedModel"]
 
 _LAZY = {
     "export": "modelexport.exporter.pipeline",
@@ -17,6 +19,8 @@ _LAZY = {
     "ExportResult": "modelexport.exporter.result",
     "ModelExportError": "modelexport.errors",
     "load_pipeline": "modelexport.runtime.static_pipeline",
+    "load": "modelexport.runtime.exported",
+    "ExportedModel": "modelexport.runtime.exported",
 }
 
 

@@ -15,11 +15,12 @@ from importlib import metadata
 
 from modelexport.errors import ModelExportError
 
-# package -> (lowest, below) version tested: the ranges pyproject.toml declares.
+# package -> (lowest, below) version tested, or several such ranges: what pyproject.toml declares.
 TESTED = {
     "torch": ((2, 13), (2, 14)),
     "onnxruntime": ((1, 32), (1, 33)),
     "ai-edge-model-explorer": ((0, 1), (0, 2)),
+    "transformers": (((4, 57), (4, 58)), ((5, 0), (6, 0))),
 }
 
 
@@ -36,16 +37,20 @@ def version_tuple(text: str) -> tuple[int, ...]:
 
 
 def check_tested(package: str, tested: dict) -> None:
-    """Refuse, in one line, a version of ``package`` outside ``tested[package]``."""
-    low, high = tested[package]
+    """Refuse, in one line, a version of ``package`` outside ``tested[package]`` (one range, or a
+    tuple of ranges)."""
+    ranges = tested[package]
+    ranges = (ranges,) if isinstance(ranges[0][0], int) else ranges
     try:
         installed = metadata.version(package)
     except metadata.PackageNotFoundError:
         raise ModelExportError(f"{package} is not installed; install modelexport's dependencies") from None
-    if not low <= version_tuple(installed)[:2] < high:
-        low_s, high_s = ".".join(map(str, low)), ".".join(map(str, high))
+    if not any(low <= version_tuple(installed)[:2] < high for low, high in ranges):
+        spans = " or ".join(f"{'.'.join(map(str, low))} <= version < {'.'.join(map(str, high))}"
+                            for low, high in ranges)
+        low_s, high_s = ".".join(map(str, ranges[0][0])), ".".join(map(str, ranges[0][1]))
         raise ModelExportError(
-            f"{package} {installed} is not a version modelexport was tested with ({low_s} <= version < {high_s}): "
+            f"{package} {installed} is not a version modelexport was tested with ({spans}): "
             f"it relies on that release's internals; install {package}>={low_s},<{high_s}")
 
 
@@ -105,3 +110,45 @@ def disable_model_explorer_update_check() -> None:
     import model_explorer.server as me_server
 
     me_server._check_new_version = lambda print_msg=True: None
+
+
+# -- transformers -------------------------------------------------------------------------------
+def generation_components(config, generation_config, input_ids, **generation_kwargs):
+    """(generation config, logits processors, stopping criteria) exactly as ``generate()`` builds
+    them before its sampling loop, for a decoding loop that runs ONNX files.
+
+    transformers has no public builder; ``GenerationMixin``'s private helpers take the same
+    arguments in 4.57 and 5.x (``_prepare_generation_config``, ``_prepare_special_tokens``,
+    ``_prepare_generated_length``, ``_get_logits_processor``, ``_get_stopping_criteria``), called
+    on a stand-in that has what they read (``config``, ``generation_config``, ``device``)."""
+    check_version("transformers")
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+    from transformers.generation import GenerationMixin
+
+    class _StandIn(GenerationMixin):
+        def __init__(self):
+            self.config = config
+            self.generation_config = generation_config if generation_config is not None else \
+                GenerationConfig.from_model_config(config)
+            self.device = torch.device("cpu")
+
+    stand_in = _StandIn()
+    prepared, model_kwargs = stand_in._prepare_generation_config(None, **generation_kwargs)
+    if version_tuple(metadata.version("transformers"))[0] >= 5:
+        stand_in._prepare_special_tokens(prepared, True, device=stand_in.device, batch_size=input_ids.shape[0])
+        default_max = generation_kwargs.get("max_length") is None and stand_in.generation_config.max_length is None
+        default_min = generation_kwargs.get("min_length") is None and stand_in.generation_config.min_length is None
+    else:
+        stand_in._prepare_special_tokens(prepared, True, device=stand_in.device)
+        default_max = generation_kwargs.get("max_length") is None and prepared.max_length is not None
+        default_min = generation_kwargs.get("min_length") is None and prepared.min_length is not None
+    prepared = stand_in._prepare_generated_length(
+        generation_config=prepared, has_default_max_length=default_max, has_default_min_length=default_min,
+        model_input_name="input_ids", inputs_tensor=input_ids, input_ids_length=input_ids.shape[1])
+    processors = stand_in._get_logits_processor(
+        generation_config=prepared, input_ids_seq_length=input_ids.shape[1], encoder_input_ids=input_ids,
+        prefix_allowed_tokens_fn=None, logits_processor=LogitsProcessorList(), device=stand_in.device,
+        model_kwargs=model_kwargs)
+    stopping = stand_in._get_stopping_criteria(generation_config=prepared, stopping_criteria=StoppingCriteriaList())
+    return prepared, processors, stopping

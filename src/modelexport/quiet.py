@@ -18,10 +18,30 @@ def silence_process() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # huggingface_hub resets its logger level on import
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers 5 draws a progress bar on stderr for every weight load; it follows huggingface_hub's switch
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
     # Not per-logger levels: Optimum and transformers reset their root logger's level when first
     # imported, which for us is after this call.
     logging.disable(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers 5 draws a progress bar on stderr for every weight load: off inside the block,
+    as the caller had it after."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -31,7 +51,7 @@ def silenced(enabled: bool = True) -> Iterator[None]:
         yield
         return
     disabled = logging.root.manager.disable
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _no_progress_bars():
         warnings.simplefilter("ignore")
         logging.disable(max(disabled, logging.WARNING))
         try:

@@ -26,12 +26,14 @@ def register(sub) -> None:
     p.add_argument("--static-shapes", default=None, metavar="NAME=SIZE,...",
                    help="fixed input shapes instead of dynamic axes, e.g. batch_size=1,sequence_length=128 "
                    "(names of Optimum's dummy shapes); preprocessors are saved to pad to them")
-    p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
-                   help="trace with TorchScript (default, what Optimum 0.1 uses) or torch.export (dynamo: modules "
-                   "read from the exporter's own records; slower export, fewer nodes; needs onnxscript)")
+    p.add_argument("--exporter", choices=("auto", "torchscript", "dynamo", "generic"), default="auto",
+                   help="auto (default): Optimum's TorchScript export where Optimum is installed and has an ONNX "
+                   "config for the model type, else generic; torchscript / dynamo: Optimum's config traced by "
+                   "TorchScript / torch.export (need Optimum); generic: no Optimum config, inputs and files from "
+                   "the model itself, traced by torch.export (every model type transformers builds)")
     p.add_argument("--keep-source-info", action="store_true",
-                   help="dynamo only: keep the exporter's stack traces and FX node text on each node (they hold "
-                   "this machine's file paths and source lines; dropped by default)")
+                   help="torch.export paths (dynamo, generic): keep the exporter's stack traces and FX node text "
+                   "on each node (they hold this machine's file paths and source lines; dropped by default)")
     p.set_defaults(run=run)
 
 
@@ -102,7 +104,7 @@ def print_summary(result) -> None:
         else:
             v = f.validation
             mark = ("[green]ok[/]" if v["passed"] else "[red]NaN/Inf[/]" if v.get("nonfinite")
-                    else "[red]shape mismatch[/]" if v.get("shape_mismatches") else f"[red]above atol {v['atol']:g}[/]")
+                    else "[red]shape mismatch[/]" if v.get("shape_mismatches") else f"[red]above atol {v['atol']:g}" + (f" + rtol {v['rtol']:g}" if v.get("rtol") else "") + "[/]")
             diff = f"{f.validation['max_abs_diff']:.2e} {mark}"
         table.add_row(escape(f.name), str(f.nodes), str(c["direct"]), str(c["inferred"]),
                       str(c.get("partial_scope", 0)), str(c["root_fallback"]),
@@ -119,6 +121,6 @@ def print_summary(result) -> None:
     above = [f.name for f in result.files if f.validation and not f.validation["passed"]]
     if above:
         # As Optimum does, a difference above its tolerance is a warning, not a failed export.
-        console.print(f"[yellow]Warning:[/] {escape(', '.join(above))} differ from PyTorch (beyond Optimum's "
+        console.print(f"[yellow]Warning:[/] {escape(', '.join(above))} differ from PyTorch (beyond the "
                       "tolerance, NaN/Inf or shapes); see modelexport_metadata.json for each output")
     console.print(f"Done in {result.timings.get('total', 0):.1f} s")

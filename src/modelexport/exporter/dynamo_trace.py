@@ -133,7 +133,7 @@ def name_axes(model, input_names: list[str] | None, output_names: list[str] | No
             dim = dims[axis]
             if not dim.HasField("dim_param"):
                 fixed.append(f"axis {axis} ({name}) of input {value.name} is fixed at {dim.dim_value}: the model's "
-                             "code does not let it vary (Optimum declares it dynamic)")
+                             "code does not let it vary (declared dynamic)")
                 continue
             mapping.setdefault(dim.dim_param, str(name))
             dim.dim_param = str(name)
@@ -227,7 +227,9 @@ def _external_data_files(model) -> set[str]:
     return {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
 
 
-_FIXED = re.compile(r"static shape of (\d+) for dimension inputs\['(\w+)'\]((?:\[\d+\])*)\.shape\[(\d+)\]")
+# "static shape of 3000 for dimension inputs['input_features'].shape[2]", or with the inputs nested
+# in a dict argument (the generic path): inputs['inputs']['input_features'].shape[2]
+_FIXED = re.compile(r"static shape of (\d+) for dimension inputs((?:\['[^']+'\])+)((?:\[\d+\])*)\.shape\[(\d+)\]")
 
 
 def _fixed_by_the_model(error: BaseException, dynamic_axes: dict | None) -> list[str]:
@@ -240,14 +242,15 @@ def _fixed_by_the_model(error: BaseException, dynamic_axes: dict | None) -> list
         text = str(error)
         if "user-specified ranges and inferred ranges" in text or "Constraints violated" in text:
             conflict = True
-            for size, name, index, axis in _FIXED.findall(text):
+            for size, keys, index, axis in _FIXED.findall(text):
+                name = re.findall(r"\['([^']+)'\]", keys)[-1]
                 declared = (dynamic_axes or {}).get(name) if not index else None
                 label = f" ({declared[int(axis)]})" if isinstance(declared, dict) and int(axis) in declared else ""
                 sentence = (f"axis {axis}{label} of input {name}{index} is fixed at {size} by the model's code "
-                            "(Optimum declares it dynamic; other sizes will fail at run time)")
+                            "(declared dynamic; other sizes will fail at run time)")
                 if sentence not in found:
                     found.append(sentence)
         error = error.__cause__ or error.__context__
     if conflict and not found:
-        found.append("torch.export found input axes the model's code fixes (Optimum declares them dynamic)")
+        found.append("torch.export found input axes the model's code fixes (declared dynamic)")
     return found

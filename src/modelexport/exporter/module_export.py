@@ -31,10 +31,10 @@ def export_module(
     ``keep_source_info``. The file appears at ``path`` only once it is complete and tagged.
     The exporters' warnings and progress prints are silenced unless ``verbose``.
     """
-    from modelexport.exporter.optimum.bridge import check_exporter, check_opset
+    from modelexport.exporter.exporters import check_module_exporter, check_opset
     from modelexport.quiet import silenced, stdout_swallowed
 
-    check_exporter(exporter, keep_source_info)
+    check_module_exporter(exporter, keep_source_info)
     check_opset(opset, exporter)
     with silenced(not verbose), stdout_swallowed(not verbose):
         return _export_module(module, args, path, input_names=input_names, output_names=output_names,

@@ -1,7 +1,15 @@
-"""``modelexport.export``: a Hugging Face model to an Optimum-ready folder, every node tagged."""
+"""``modelexport.export``: a Hugging Face model to an Optimum-ready folder, every node tagged.
+
+Two paths write the ONNX files (``exporters.py`` chooses): Optimum's ONNX config for the model
+type (``torchscript``, ``dynamo``), or the model itself (``generic``: inputs, axes and files from
+its signature, config and preprocessors, traced by torch.export), for every type transformers
+builds. Everything around them is shared: one load of the model, the module tree, the staged
+output folder, tagging, config and preprocessors, the metadata file.
+"""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelexport.exporter.result import ExportResult, FileReport
@@ -21,17 +29,18 @@ def export(
     static_shapes: dict[str, int] | str | None = None,
     reporter: PhaseReporter | None = None,
     verbose: bool = False,
-    exporter: str = "torchscript",
+    exporter: str = "auto",
     keep_source_info: bool = False,
 ) -> ExportResult:
     """Export ``model`` (Hub id, local folder or loaded ``PreTrainedModel``) into ``output_dir``.
 
     The folder is written beside ``output_dir`` and moved into place only when complete.
-    ``exporter="dynamo"`` traces with torch.export instead of TorchScript (Optimum still decides
-    inputs, dynamic axes, files and validation); its files carry the exporter's stack traces and
-    FX node text (local paths, source) only with ``keep_source_info``.
-    The libraries' warnings, logs and prints (tracer warnings, Optimum's notes, torch.onnx's
-    progress) are silenced unless ``verbose``.
+    ``exporter``: ``auto`` (Optimum's TorchScript export where Optimum is installed and has a
+    config for the model type, else ``generic``), ``torchscript``, ``dynamo`` (Optimum's config
+    traced by torch.export) or ``generic`` (no Optimum: the model's own inputs, traced by
+    torch.export). Files traced by torch.export carry the exporter's stack traces and FX node
+    text (local paths, source) only with ``keep_source_info``. The libraries' warnings, logs and
+    prints are silenced unless ``verbose``.
     """
     from modelexport.quiet import silenced
 
@@ -41,22 +50,31 @@ def export(
                        reporter=reporter, exporter=exporter, keep_source_info=keep_source_info)
 
 
+@dataclass
+class TracedFile:
+    """One ONNX file the path wrote into the staging folder, before tagging."""
+    name: str
+    root: str  # module path of the part of the model traced for it ("" = the whole model)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathOutput:
+    """What an export path hands to the shared steps."""
+    files: list[TracedFile]
+    validate: object  # () -> {file: validation dict or None}
+    ort_model_class: str | None
+    details: dict = field(default_factory=dict)  # path-specific metadata (inputs, axes, patches, layout)
+    scope_prefix: str = ""  # the wrapper's name for the model in torch.export's module stack
+
+
 def _export(model, output_dir, *, task, library, opset, force, trust_remote_code, validate, static_shapes,
             reporter, exporter, keep_source_info) -> ExportResult:
-    from modelexport.folder import side_files as artifacts_mod
+    from modelexport.exporter.exporters import TORCH_EXPORT, check_exporter, check_opset
+    from modelexport.folder import side_files
     from modelexport.folder.metadata import METADATA_FILE, module_table, tool_versions, write_metadata
-    from modelexport.exporter.optimum.bridge import check_exporter, check_opset, export_with_optimum
-    from modelexport.exporter.optimum.ort_class import ort_model_class_name
     from modelexport.folder.staging import check_output_dir, recover_leftovers, staged_output_dir
-    from modelexport.exporter.optimum.tasks import (
-        load_model,
-        prepare_for_task,
-        resolve_source,
-        source_of_loaded_model,
-    )
-    from modelexport.exporter.optimum.validation import merge_validations, validate_file
     from modelexport.hierarchy.module_tree import ModuleTree
-    from modelexport.hierarchy.tagging import tag_file
 
     started = time.perf_counter()
     phases = Phases(reporter)
@@ -65,21 +83,25 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
     sources = [model_folder(model)]
     check_output_dir(output_dir.resolve(), force, sources)
     check_exporter(exporter, keep_source_info)
-    check_opset(opset, exporter)
     if isinstance(static_shapes, str):
         from modelexport.exporter.static_shapes import parse_static_shapes
 
         static_shapes = parse_static_shapes(static_shapes)
 
     with phases("load", "Loading model"):
-        if isinstance(model, (str, Path)):
-            source, config = resolve_source(str(model), task, library, trust_remote_code)
-            loaded = load_model(source, trust_remote_code)
-        else:
-            loaded = model
-            source = source_of_loaded_model(loaded, task)
-            prepare_for_task(loaded, source)
-            config = loaded.config
+        exporter, why, source, config, loaded = _resolve_and_load(model, task, library, trust_remote_code, exporter)
+        check_opset(opset, exporter)
+        if keep_source_info and exporter not in TORCH_EXPORT:
+            from modelexport.errors import ModelExportError
+
+            raise ModelExportError(f"--keep-source-info applies to files traced by torch.export; {source.model_type} "
+                                   f"is exported with {exporter} ({why}): add --exporter dynamo (Optimum's config) or "
+                                   "--exporter generic")
+        if static_shapes and exporter == "generic":
+            from modelexport.errors import ModelExportError
+
+            raise ModelExportError("--static-shapes works with Optimum's ONNX configs (--exporter torchscript); the "
+                                   f"generic exporter does not fix shapes yet ({source.model_type}: {why})")
         tree = ModuleTree.from_module(loaded)
         if static_shapes:
             from modelexport.exporter.static_shapes import check_against_config
@@ -87,12 +109,11 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
             check_against_config(static_shapes, getattr(loaded, "config", config))
 
     with staged_output_dir(output_dir, force, sources) as staging:
-        trace = "torch.export" if exporter == "dynamo" else "TorchScript trace"
-        with phases("export", f"Exporting with Optimum ({trace})"):
-            exported = export_with_optimum(loaded, source.task, source.library, staging, opset, static_shapes,
-                                           exporter=exporter)
+        if exporter == "generic":
+            path = _generic_path(loaded, source, staging, opset, phases, trust_remote_code)
+        else:
+            path = _optimum_path(loaded, source, staging, opset, static_shapes, exporter, phases)
 
-        instance_paths = {id(m): p for p, m in loaded.named_modules()}
         reports: list[FileReport] = []
         node_counts: dict[str, dict[str, int]] = {}
         file_opset = None
@@ -100,25 +121,26 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
         if source.library == "sentence_transformers":  # what SentenceTransformer(backend="onnx") reads
             from modelexport.exporter.sentence_transformers_layout import add_last_hidden_state as alias_step
         with phases("tag", "Tagging nodes with their modules"):
-            for item in exported.files:
-                root, warnings = traced_root(item, instance_paths)
-                warnings += [f"{item.name}: {w}" for w in exported.trace_warnings.get(item.name, [])]
+            from modelexport.hierarchy.tagging import tag_file
+
+            for item in path.files:
                 tagger = None
-                if exporter == "dynamo":
+                if exporter in TORCH_EXPORT:
                     from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
 
-                    tagger = DynamoTaggingPass(tree, root, keep_source_info)
-                tagged, opset_of_file = tag_file(staging / item.name, tree, root, before=alias_step, tagger=tagger)
+                    tagger = DynamoTaggingPass(tree, item.root, keep_source_info, scope_prefix=path.scope_prefix)
+                tagged, opset_of_file = tag_file(staging / item.name, tree, item.root, before=alias_step,
+                                                 tagger=tagger)
                 file_opset = file_opset or opset_of_file
                 node_counts[item.name] = tagged.node_count_by_module
-                reports.append(FileReport(item.name, root, tagged.coverage.nodes, tagged.coverage.as_dict(),
+                reports.append(FileReport(item.name, item.root, tagged.coverage.nodes, tagged.coverage.as_dict(),
                                           graph_sha256=tagged.graph_sha256,
-                                          warnings=warnings + [f"{item.name}: {w}" for w in tagged.warnings]))
+                                          warnings=[f"{item.name}: {w}" for w in item.warnings + tagged.warnings]))
 
         with phases("artifacts", "Writing config and preprocessors"):
             generation_config = getattr(loaded, "generation_config", None)
             can_generate = getattr(loaded, "can_generate", lambda: False)()
-            records = artifacts_mod.write_artifacts(
+            records = side_files.write_artifacts(
                 source.name_or_path,
                 config,
                 staging,
@@ -129,9 +151,9 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
                 from modelexport.exporter.sentence_transformers_layout import copy_module_files
 
                 st_files = copy_module_files(Path(source.name_or_path), staging)
-                records.append(artifacts_mod.ArtifactRecord("sentence_transformers", "written" if st_files
-                                                            else "skipped", st_files,
-                                                            "" if st_files else "the folder has no modules.json"))
+                records.append(side_files.ArtifactRecord("sentence_transformers", "written" if st_files
+                                                         else "skipped", st_files,
+                                                         "" if st_files else "the folder has no modules.json"))
             static_changes = []
             if static_shapes:
                 from modelexport.exporter.static_shapes import record_in_preprocessors
@@ -140,17 +162,9 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
 
         if validate:
             with phases("validate", "Comparing ONNX Runtime with PyTorch"):
-                by_file: dict[str, list] = {}
-                for target in exported.validations:
-                    by_file.setdefault(target.file, []).append(
-                        (target.label, validate_file(staging / target.file, target.submodel, target.onnx_config,
-                                                     output_names=target.output_names,
-                                                     input_shapes=static_shapes)))
+                by_file = path.validate()
                 for report in reports:
-                    if report.name in by_file:
-                        report.validation = merge_validations(by_file[report.name])
-                    else:
-                        report.validation = None  # e.g. decoder files superseded by the merged one
+                    report.validation = by_file.get(report.name)  # None: e.g. files superseded by a merged one
 
         result = ExportResult(
             output=output_dir,
@@ -158,9 +172,9 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
             task=source.task,
             library=source.library,
             opset=file_opset,
-            artifacts=artifacts_mod.records_as_dicts(records),
+            artifacts=side_files.records_as_dicts(records),
             timings=phases.timings,
-            ort_model_class=ort_model_class_name(source.task, source.library, config),
+            ort_model_class=path.ort_model_class,
             exporter=exporter,
         )
         result.timings["total"] = time.perf_counter() - started
@@ -171,11 +185,13 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
             "task": source.task,
             "library": source.library,
             "exporter": exporter,
-            "source_info_kept": keep_source_info if exporter == "dynamo" else None,
+            "exporter_reason": why,
+            "source_info_kept": keep_source_info if exporter in TORCH_EXPORT else None,
             "ort_model_class": result.ort_model_class,
             "static_shapes": static_shapes or None,
             "static_preprocessing": static_changes or None,
             "opset": file_opset,
+            **({"generic": path.details} if path.details else {}),
             "files": {r.name: {"root_module": r.root_module, "nodes": r.nodes, "coverage": r.coverage,
                                "graph_sha256": r.graph_sha256, "validation": r.validation,
                                "warnings": r.warnings} for r in reports},
@@ -191,6 +207,123 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
     result.timings["total"] = time.perf_counter() - started
     result.metadata_path = output_dir / METADATA_FILE
     return result
+
+
+def _resolve_and_load(model, task, library, trust_remote_code, exporter):
+    """(exporter, why, source, config, loaded model): the exporter ``auto`` resolves to needs the
+    model type, so the config is read first; the weights are loaded once, by the chosen path."""
+    from modelexport.exporter.exporters import choose_exporter
+
+    if isinstance(model, (str, Path)):
+        model_type, detected_library = _peek(str(model), library, trust_remote_code)
+        exporter, why = choose_exporter(exporter, model_type, detected_library)
+        if exporter == "generic":
+            from modelexport.exporter.generic import source as generic_source
+
+            source, config = generic_source.resolve(str(model), task, library, trust_remote_code)
+            loaded = generic_source.load(source, trust_remote_code, task_given=task != "auto")
+        else:
+            from modelexport.exporter.optimum.tasks import load_model, resolve_source
+
+            source, config = resolve_source(str(model), task, library, trust_remote_code)
+            loaded = load_model(source, trust_remote_code)
+        return exporter, why, source, config, loaded
+    loaded = model
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    is_st = type(model).__name__ == "SentenceTransformer"
+    exporter, why = choose_exporter(exporter, model_type, "sentence_transformers" if is_st else "transformers")
+    if exporter == "generic":
+        source, config = _generic_source_of_loaded(model, task)
+    else:
+        from modelexport.exporter.optimum.tasks import prepare_for_task, source_of_loaded_model
+
+        source = source_of_loaded_model(loaded, task)
+        prepare_for_task(loaded, source)
+        config = loaded.config
+    return exporter, why, source, config, loaded
+
+
+def _peek(model: str, library: str, trust_remote_code: bool) -> tuple[str | None, str]:
+    """The model type and library, from config.json alone (no weights), to choose the exporter."""
+    from modelexport.exporter.generic.source import is_sentence_transformers_folder
+    from modelexport.exporter.source import check_local_folder, looks_like_path
+
+    path = Path(model).expanduser()
+    if path.exists() or looks_like_path(model):
+        config = check_local_folder(path)
+        detected = library if library != "auto" else (
+            "sentence_transformers" if is_sentence_transformers_folder(path) else "transformers")
+        model_type = config.get("model_type")
+        return (model_type if isinstance(model_type, str) else None), detected
+    from modelexport.exporter.source import load_config
+
+    return load_config(model, trust_remote_code).model_type, library if library != "auto" else "transformers"
+
+
+def _generic_source_of_loaded(model, task: str):
+    from modelexport.exporter.generic.tasks import accepts_cache, spec_of, task_of_loaded_model, GENERATIVE
+    from modelexport.exporter.source import ModelSource
+
+    is_st = type(model).__name__ == "SentenceTransformer"
+    config = model[0].auto_model.config if is_st else model.config
+    if is_st:
+        task = "feature-extraction"
+    elif task == "auto":
+        task = task_of_loaded_model(model)
+        if task in GENERATIVE and accepts_cache(model):
+            task += "-with-past"
+    else:
+        spec_of(task, config.model_type)
+    name = getattr(config, "_name_or_path", "") or None
+    is_local = bool(name) and Path(name).is_dir()
+    return ModelSource(name if is_local else None, is_local, "sentence_transformers" if is_st else "transformers",
+                       task, config.model_type), config
+
+
+def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter: str, phases) -> PathOutput:
+    from modelexport.exporter.optimum.bridge import export_with_optimum
+    from modelexport.exporter.optimum.ort_class import ort_model_class_name
+    from modelexport.exporter.optimum.validation import merge_validations, validate_file
+
+    trace = "torch.export" if exporter == "dynamo" else "TorchScript trace"
+    with phases("export", f"Exporting with Optimum ({trace})"):
+        exported = export_with_optimum(loaded, source.task, source.library, staging, opset, static_shapes,
+                                       exporter=exporter)
+    instance_paths = {id(m): p for p, m in loaded.named_modules()}
+    files = []
+    for item in exported.files:
+        root, warnings = traced_root(item, instance_paths)
+        files.append(TracedFile(item.name, root, warnings + exported.trace_warnings.get(item.name, [])))
+
+    def validate() -> dict:
+        by_file: dict[str, list] = {}
+        for target in exported.validations:
+            by_file.setdefault(target.file, []).append(
+                (target.label, validate_file(staging / target.file, target.submodel, target.onnx_config,
+                                             output_names=target.output_names, input_shapes=static_shapes)))
+        return {name: merge_validations(results) for name, results in by_file.items()}
+
+    return PathOutput(files, validate, ort_model_class_name(source.task, source.library, getattr(loaded, "config", None)))
+
+
+def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_code: bool) -> PathOutput:
+    from modelexport.compat import dynamo_opset_range
+    from modelexport.exporter.generic.export import plan_export, trace_files, validate_files
+    from modelexport.exporter.generic.inputs import Preprocessors
+    from modelexport.exporter.generic.wrappers import SCOPE_PREFIX
+    from modelexport.exporter.optimum.ort_class import ort_model_class_for_io
+
+    folder = Path(source.name_or_path) if source.is_local and source.name_or_path else None
+    with phases("export", "Exporting with torch.export (inputs from the model, no Optimum config)"):
+        plan = plan_export(loaded, source.task, Preprocessors(folder, trust_remote_code), source.library)
+        source.task = plan.task
+        infos, patches = trace_files(plan, loaded, staging, opset or dynamo_opset_range()[0])
+    files = [TracedFile(info.name, info.root, info.trace_warnings) for info in infos]
+    details = {"layout": plan.layout, "inputs": {info.name: info.inputs for info in infos},
+               "input_notes": plan.notes, "patches": patches}
+    return PathOutput(files, lambda: validate_files(plan, loaded, staging),
+                      ort_model_class_for_io(plan.task, source.library, plan.layout, staging, [f.name for f in files]),
+                      details, scope_prefix=SCOPE_PREFIX)
 
 
 def model_folder(model) -> Path | None:
@@ -216,5 +349,5 @@ def traced_root(item, instance_paths: dict[int, str]) -> tuple[str, list[str]]:
              if id(m) in instance_paths]
     if inner:
         return common_path_prefix(inner), []
-    return "", [f"{item.name}: the module Optimum traced ({type(item.submodel).__name__}) is not part of the "
+    return "", [f"the module Optimum traced ({type(item.submodel).__name__}) is not part of the "
                 "model; its scopes were resolved from the whole model"]

@@ -47,16 +47,38 @@ def name_scopes(node) -> list[str]:
 
 
 class DynamoTaggingPass(TaggingPass):
-    def __init__(self, tree: ModuleTree, root_path: str = "", keep_source_info: bool = False):
+    """``scope_prefix``: the name under which the traced module holds the model when a wrapper was
+    traced (the Optimum-free path traces ``Wrapper.model``): scopes are stripped of it, and the
+    wrapper's own scope (outside the model) counts as the model's root."""
+
+    def __init__(self, tree: ModuleTree, root_path: str = "", keep_source_info: bool = False,
+                 scope_prefix: str = ""):
         super().__init__(tree, root_path)
         self.keep_source_info = keep_source_info
+        self.scope_prefix = scope_prefix
+
+    def _relative(self, scope: str) -> str | None:
+        """The scope relative to the traced module of the model; None for one outside it."""
+        if not self.scope_prefix:
+            return scope
+        if scope == self.scope_prefix or scope == "":
+            return ""  # the wrapper's own code and the model's top: the traced root
+        if scope.startswith(self.scope_prefix + "."):
+            return scope[len(self.scope_prefix) + 1:]
+        return None
 
     def module_of(self, node) -> str | None:
-        """The deepest module of the tree on the node's recorded call stack."""
-        for scope in reversed(name_scopes(node)):
-            full = f"{self.root_path}.{scope}" if self.root_path and scope else (scope or self.root_path)
+        """The deepest module of the tree on the node's recorded call stack. A node whose deepest
+        scope is the traced root itself (mask and position arithmetic of the model's own forward)
+        belongs to the root: it is the root's code, not a child's."""
+        stack = name_scopes(node)
+        for scope in reversed(stack):
+            relative = self._relative(scope)
+            if relative is None:
+                continue
+            full = f"{self.root_path}.{relative}" if self.root_path and relative else (relative or self.root_path)
             path = self.tree.canonical(full)
-            if path in self.tree and path != self.root_path and self.tree.contains(self.root_path, path):
+            if path in self.tree and self.tree.contains(self.root_path, path):
                 return path
         return None
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelexport.errors import ModelExportError, disk_error_message
-from modelexport.compat import dynamo_opset_range, torchscript_opset_range
+from modelexport.compat import dynamo_opset_range
 from modelexport.exporter.optimum.compat import (
     no_preprocessor_reload,
     optimum_traces_with_dynamo,
@@ -121,37 +121,3 @@ def export_error_summary(error: BaseException) -> str:
     if lines and lines[0].startswith("Failed to ") and cause is not None:
         return export_error_summary(cause)
     return lines[0][:200] if lines else type(error).__name__
-
-
-EXPORTERS = ("torchscript", "dynamo")
-
-
-def check_exporter(exporter: str, keep_source_info: bool = False) -> None:
-    if exporter not in EXPORTERS:
-        raise ModelExportError(f"unknown exporter {exporter!r}: {' or '.join(EXPORTERS)}")
-    if keep_source_info and exporter != "dynamo":
-        raise ModelExportError("--keep-source-info applies to the dynamo exporter only (--exporter dynamo): "
-                               "TorchScript files carry no source information")
-    if exporter == "dynamo":
-        import importlib.util
-
-        if importlib.util.find_spec("onnxscript") is None:
-            raise ModelExportError("the dynamo exporter needs onnxscript: pip install 'modelexport[dynamo]' "
-                                   "(or pip install onnxscript)")
-
-
-def check_opset(opset: int | None, exporter: str = "torchscript") -> None:
-    """Refuse, before any work, an opset the exporter cannot write."""
-    if opset is None:
-        return
-    if exporter == "dynamo":
-        low, high = dynamo_opset_range()
-        if not low <= opset <= high:
-            raise ModelExportError(f"opset {opset} is not supported by the dynamo exporter: it writes opsets "
-                                   f"{low} to {high} (lower ones would need a version conversion that fails on "
-                                   "many graphs; use --exporter torchscript for them)")
-        return
-    ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET = torchscript_opset_range()  # noqa: N806
-    if not ONNX_MIN_OPSET <= opset <= ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET:
-        raise ModelExportError(f"opset {opset} is not supported: torch.onnx (TorchScript), which Optimum uses, "
-                               f"writes opsets {ONNX_MIN_OPSET} to {ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET}")

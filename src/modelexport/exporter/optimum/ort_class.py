@@ -20,3 +20,47 @@ def ort_model_class_name(task: str, library: str, config=None) -> str | None:
         return get_ort_model_class(base, config=config).__name__
     except (KeyError, TypeError, AttributeError):
         return ORT_TASKS_MAPPING[base][0].__name__
+
+
+# The ORTModel classes of optimum-onnx 0.1 by the inputs they feed and the output they read
+# (optimum/onnxruntime/modeling.py, modeling_decoder.py, modeling_seq2seq.py): names only, so the
+# Optimum-free path can say which class loads its folder without importing Optimum.
+_BY_TASK = {
+    "feature-extraction": ("ORTModelForFeatureExtraction", {"input_ids", "attention_mask", "token_type_ids",
+                                                            "position_ids", "pixel_values", "input_features",
+                                                            "input_values"}, "last_hidden_state"),
+    "text-classification": ("ORTModelForSequenceClassification", {"input_ids", "attention_mask", "token_type_ids"},
+                            "logits"),
+    "token-classification": ("ORTModelForTokenClassification", {"input_ids", "attention_mask", "token_type_ids"},
+                             "logits"),
+    "question-answering": ("ORTModelForQuestionAnswering", {"input_ids", "attention_mask", "token_type_ids"},
+                           "start_logits"),
+    "fill-mask": ("ORTModelForMaskedLM", {"input_ids", "attention_mask", "token_type_ids"}, "logits"),
+    "multiple-choice": ("ORTModelForMultipleChoice", {"input_ids", "attention_mask", "token_type_ids"}, "logits"),
+    "image-classification": ("ORTModelForImageClassification", {"pixel_values"}, "logits"),
+    "semantic-segmentation": ("ORTModelForSemanticSegmentation", {"pixel_values"}, "logits"),
+    "audio-classification": ("ORTModelForAudioClassification", {"input_values", "attention_mask"}, "logits"),
+    "audio-frame-classification": ("ORTModelForAudioFrameClassification", {"input_values"}, "logits"),
+    "audio-xvector": ("ORTModelForAudioXVector", {"input_values"}, "logits"),
+    "automatic-speech-recognition": ("ORTModelForCTC", {"input_values"}, "logits"),
+}
+
+
+def ort_model_class_for_io(task: str, library: str, layout: str, folder, files: list[str]) -> str:
+    """The ORTModel class whose inputs and outputs match the files written, else
+    ``ORTModelForCustomTasks`` (which feeds whatever the graph takes and returns every output)."""
+    import onnx
+
+    if library == "sentence_transformers":
+        return "ORTModelForCustomTasks"
+    if layout == "decoder-with-past":
+        return "ORTModelForCausalLM"
+    if layout == "seq2seq-with-past":
+        return "ORTModelForSpeechSeq2Seq" if task.startswith("automatic-speech-recognition") else "ORTModelForSeq2SeqLM"
+    model = onnx.load(str(folder / files[0]), load_external_data=False)
+    inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    entry = _BY_TASK.get(task.replace("-with-past", ""))
+    if entry is not None and inputs <= entry[1] and entry[2] in outputs:
+        return entry[0]
+    return "ORTModelForCustomTasks"
