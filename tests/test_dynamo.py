@@ -267,7 +267,7 @@ def test_per_module_tools_work_on_a_dynamo_export(both_exports, tmp_path):
 def test_a_failed_trace_is_summarised_in_one_plain_line():
     """torch.export's errors open with a coloured, multi-line how-to-debug banner; the user gets
     what went wrong."""
-    from modelexport.exporter.optimum.bridge import export_error_summary
+    from modelexport.exporter.dynamo_trace import export_error_summary
 
     class DataDependent(torch.nn.Module):
         def forward(self, x):

@@ -254,3 +254,20 @@ def _fixed_by_the_model(error: BaseException, dynamic_axes: dict | None) -> list
     if conflict and not found:
         found.append("torch.export found input axes the model's code fixes (declared dynamic)")
     return found
+
+
+def export_error_summary(error: BaseException) -> str:
+    """One line for a failed trace. torch.export's errors open with a multi-line, coloured
+    how-to-debug banner; what went wrong is under their "## Exception summary"."""
+    import re
+
+    message = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        after = lines[lines.index("## Exception summary") + 1:]
+        if after:
+            return after[0][:200]
+    cause = error.__cause__
+    if lines and lines[0].startswith("Failed to ") and cause is not None:
+        return export_error_summary(cause)
+    return lines[0][:200] if lines else type(error).__name__

@@ -303,9 +303,20 @@ def trace_files(plan: Plan, model, staging: Path, opset: int) -> tuple[list[Expo
         for planned in plan.files:
             axes = {**planned.example.axes, **planned.output_axes}
             # by keyword: torch.onnx.export reads a dict at the end of the positional arguments as keywords
-            warnings = export_dynamo(planned.module, (), {"inputs": dict(planned.example.inputs)}, staging / planned.name,
-                                     input_names=list(planned.example.inputs),
-                                     output_names=list(planned.module.output_names), dynamic_axes=axes, opset=opset)
+            try:
+                warnings = export_dynamo(planned.module, (), {"inputs": dict(planned.example.inputs)},
+                                         staging / planned.name, input_names=list(planned.example.inputs),
+                                         output_names=list(planned.module.output_names), dynamic_axes=axes,
+                                         opset=opset)
+            except ModelExportError:
+                raise
+            except Exception as e:  # torch.export / torch.onnx limits on this model's code: one line
+                from modelexport.errors import disk_error_message
+                from modelexport.exporter.dynamo_trace import export_error_summary
+
+                disk = disk_error_message(e)
+                raise ModelExportError(disk or f"torch.export could not export {planned.name} of "
+                                       f"{type(model).__name__}: {export_error_summary(e)}") from e
             infos.append(ExportedFileInfo(planned.name, planned.root, warnings, {
                 name: {"shape": list(value.shape), "dtype": str(value.dtype).replace("torch.", ""),
                        "dynamic_axes": {str(a): n for a, n in planned.example.axes.get(name, {}).items()}}
@@ -325,13 +336,18 @@ def validate_files(plan: Plan, model, staging: Path) -> dict[str, dict]:
         session = new_session(staging / planned.name, "basic")
         names = [o.name for o in session.get_outputs()]
         report = {"atol": ATOL, "rtol": RTOL, "max_abs_diff": 0.0, "outputs": {}, "shape_mismatches": [],
-                  "nonfinite": [], "above_tolerance": [], "checked_shapes": []}
+                  "nonfinite": [], "above_tolerance": [], "errors": [], "checked_shapes": []}
         for example in planned.checks:
             with torch.no_grad():
                 reference = planned.module(dict(example.inputs))
             feed = {k: v.numpy() for k, v in example.inputs.items()}
-            got = session.run(names, feed)
             report["checked_shapes"].append({k: list(v.shape) for k, v in example.inputs.items()})
+            try:
+                got = session.run(names, feed)
+            except Exception as e:  # noqa: BLE001  (ONNX Runtime's own error types: the file fails its check)
+                report["errors"].append(f"ONNX Runtime failed on {report['checked_shapes'][-1]}: "
+                                        f"{str(e).strip().splitlines()[0][:300]}")
+                continue
             for name, ref, value in zip(planned.module.output_names, reference, got):
                 ref = ref.detach().float().numpy()
                 if ref.shape != value.shape:
@@ -346,7 +362,7 @@ def validate_files(plan: Plan, model, staging: Path) -> dict[str, dict]:
                 report["outputs"][name] = max(report["outputs"].get(name, 0.0), diff)
                 report["max_abs_diff"] = max(report["max_abs_diff"], diff)
         report["passed"] = not report["shape_mismatches"] and not report["nonfinite"] and \
-            not report["above_tolerance"]
+            not report["above_tolerance"] and not report["errors"]
         results[planned.name] = report
         del session
     return results

@@ -177,7 +177,7 @@ class InputBuilder:
         inputs: dict = {}
         axes: dict[str, dict[int, str]] = {}
         notes: list[str] = []
-        made_by_processor = self._from_processor(batch, inputs, axes, notes)
+        made_by_processor = self._from_processor(sequence, inputs, axes, notes)
         if not made_by_processor:
             self._text(batch, sequence, inputs, axes, notes)
             self._vision(batch, inputs, axes, notes)
@@ -279,10 +279,12 @@ class InputBuilder:
             if features is not None and name in features:
                 value = features[name].float()
                 inputs[name] = value
-                axes[name] = {0: "batch_size", **self._audio_time_axis(name, value)}
-                if "attention_mask" in features and self.takes("attention_mask") and name == "input_values":
-                    inputs["attention_mask"] = features["attention_mask"].long()
-                    axes["attention_mask"] = {0: "batch_size", 1: "sequence_length"}
+                axes[name] = {0: "batch_size", **self._audio_time_axis(extractor, name, value, rate)}
+                if "attention_mask" in features and self.takes("attention_mask"):
+                    mask = features["attention_mask"].long()
+                    inputs["attention_mask"] = mask
+                    time = next((n for a, n in axes[name].items() if a and value.shape[a] == mask.shape[-1]), None)
+                    axes["attention_mask"] = {0: "batch_size", **({mask.ndim - 1: time} if time else {})}
                 source = "the folder's" if self.pre.feature_extractor is not None else "a default"
                 notes.append(f"{name}: {source} {type(extractor).__name__} on generated audio")
                 return
@@ -296,16 +298,25 @@ class InputBuilder:
             axes[name] = {0: "batch_size"}
         notes.append(f"{name}: generated from the config")
 
-    def _audio_time_axis(self, name: str, value) -> dict[int, str]:
+    @staticmethod
+    def _audio_time_axis(extractor, name: str, value, rate: int) -> dict[int, str]:
+        """The axis that follows the clip's length: the one that changes when the extractor is
+        given a shorter clip (frames are axis 1 for some extractors, axis 2 for others)."""
         if name == "input_values":
             return {1: "sequence_length"}
-        mels = _config_value(self.config, "num_mel_bins", "feature_size", "input_feat_per_channel")
-        if value.ndim == 3 and mels is not None:
-            return {2: "feature_sequence_length"} if value.shape[1] == mels else {1: "feature_sequence_length"}
-        return {}
+        try:
+            shorter = extractor(_generated_audio(value.shape[0], 0.6, rate), sampling_rate=rate,
+                                return_tensors="pt")[name]
+        except Exception:  # noqa: BLE001  (no second call possible: the frames stay as traced)
+            return {}
+        changed = [axis for axis in range(1, value.ndim) if shorter.shape[axis] != value.shape[axis]]
+        return {changed[0]: "feature_sequence_length"} if len(changed) == 1 else {}
 
-    def _from_processor(self, batch, inputs, axes, notes) -> bool:
-        """Multimodal models: the processor on sample text with its image token and generated images."""
+    def _from_processor(self, sequence, inputs, axes, notes) -> bool:
+        """Multimodal models: the processor on one sample text with its image token and one
+        generated image. One prompt and one image per call: the number of image tokens must match
+        the image features, and traced vision towers fix the image batch, so only the text's
+        length varies (``sequence`` picks the sample text)."""
         processor = self.pre.processor
         takes_image = self.takes("pixel_values") and self.takes("input_ids")
         if processor is None or not takes_image or not hasattr(processor, "image_processor"):
@@ -313,9 +324,9 @@ class InputBuilder:
         token = _image_token(processor)
         if token is None:
             return False
-        texts = [f"{token} {SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]}" for i in range(batch)]
+        text = f"{token} {SAMPLE_TEXTS[sequence % len(SAMPLE_TEXTS)]}"
         try:
-            encoded = processor(text=texts, images=_generated_images(batch), return_tensors="pt", padding=True)
+            encoded = processor(text=[text], images=_generated_images(1), return_tensors="pt", padding=True)
         except Exception as e:  # noqa: BLE001  (reported: the user learns why the processor was not used)
             notes.append(f"the folder's processor failed on a generated sample ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:120] if str(e) else ''})")
@@ -325,11 +336,9 @@ class InputBuilder:
                 continue
             inputs[name] = value
             if name in ("input_ids", "attention_mask", "token_type_ids"):
-                axes[name] = {0: "batch_size", 1: "sequence_length"}
-            elif value.ndim >= 1 and value.shape[0] == batch and name == "pixel_values" and value.ndim == 4:
-                axes[name] = {0: "batch_size"}
-        notes.append(f"inputs: the folder's {type(processor).__name__} on sample text with its image token "
-                     f"{token!r} and generated images; image inputs keep the processor's shapes")
+                axes[name] = {1: "sequence_length"}
+        notes.append(f"inputs: the folder's {type(processor).__name__} on a sample text with its image token "
+                     f"{token!r} and a generated image; one prompt and one image per call, the text's length varies")
         return True
 
 

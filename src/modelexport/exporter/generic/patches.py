@@ -15,10 +15,24 @@ Patches (each has a test that the patched forward returns what the original retu
   Qwen3-MoE, OLMoE) keep calling each expert module, so ``experts.N`` stay in the tags;
   transformers 5's shared experts class (``@use_experts_implementation``) holds the experts'
   weights as one tensor and is replaced as one module.
+- ``placeholder-checks-removed``: transformers 4.57's vision-language models check, in Python,
+  that the prompt has as many image tokens as the image has features
+  (``if inputs_embeds[mask].numel() != image_features.numel(): raise``): a data-dependent branch
+  torch.export refuses. The class's ``get_placeholder_mask`` is recompiled from its own source with
+  each ``if`` whose only statement is a ``raise`` removed (the mask it returns is unchanged).
+- ``no-traced-input-checks``: transformers 5 checks inputs with ``torch._check_tensor_all`` (e.g.
+  that a vision-language model got as many image tokens as image features); traced, the check
+  becomes ``aten._is_all_true``, which has no ONNX translation. transformers' own switch
+  ``TRANSFORMERS_DISABLE_TORCH_CHECK=1`` is set during the export: the check is not in the graph
+  (it computes nothing the outputs use).
 """
 from __future__ import annotations
 
+import ast
 import contextlib
+import inspect
+import os
+import textwrap
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -91,12 +105,45 @@ def _is_sparse_block(module) -> bool:
         isinstance(getattr(module, "experts", None), torch.nn.ModuleList)
 
 
+def without_raising_branches(function):
+    """``function`` recompiled from its source with every ``if`` whose body is only a ``raise``
+    (and has no ``else``) replaced by ``pass``: input checks, not computation."""
+    source = textwrap.dedent(inspect.getsource(function))
+    tree = ast.parse(source)
+
+    class Strip(ast.NodeTransformer):
+        def visit_If(self, node):  # noqa: N802 (ast's visitor naming)
+            self.generic_visit(node)
+            if not node.orelse and len(node.body) == 1 and isinstance(node.body[0], ast.Raise):
+                return ast.copy_location(ast.Pass(), node)
+            return node
+
+    tree = ast.fix_missing_locations(Strip().visit(tree))
+    definition = tree.body[0]
+    definition.decorator_list = []
+    namespace: dict = {}
+    exec(compile(tree, inspect.getsourcefile(function) or "<patched>", "exec"), function.__globals__, namespace)
+    return namespace[definition.name]
+
+
+def _checks_placeholders_in_python(module) -> bool:
+    method = type(module).__dict__.get("get_placeholder_mask")
+    if method is None or _traced_checks_exist():
+        return False
+    try:
+        return "raise" in inspect.getsource(method)
+    except (OSError, TypeError):
+        return False
+
+
 @dataclass(frozen=True)
 class Patch:
     name: str
     why: str
     matches: Callable[[torch.nn.Module], bool]
-    forward: Callable
+    replacement: Callable  # the new method, or a function of the class's original method giving it
+    method: str = "forward"
+    derived: bool = False  # replacement(original) builds the new method
 
 
 PATCHES = (
@@ -104,6 +151,9 @@ PATCHES = (
           _is_sparse_block, dense_sparse_moe_block_forward),
     Patch("dense-moe-experts", "sparse MoE experts (data-dependent): every expert computed, weighted by the router",
           _is_experts_module, dense_experts_forward),
+    Patch("placeholder-checks-removed", "image-token count checked in Python (data-dependent): the check's raise "
+          "branches removed from get_placeholder_mask", _checks_placeholders_in_python, without_raising_branches,
+          method="get_placeholder_mask", derived=True),
 )
 
 
@@ -121,8 +171,9 @@ class AppliedPatch:
 @contextlib.contextmanager
 def export_patches(model: torch.nn.Module) -> Iterator[list[AppliedPatch]]:
     """Patch the classes of ``model``'s modules that need it; yields what was patched."""
-    saved: dict[type, object] = {}
+    saved: dict[tuple[type, str], object] = {}
     applied: dict[tuple[str, str], AppliedPatch] = {}
+    checks_env = _traced_checks_exist() and os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK") != "1"
     for module in model.modules():
         cls = type(module)
         for patch in PATCHES:
@@ -130,16 +181,38 @@ def export_patches(model: torch.nn.Module) -> Iterator[list[AppliedPatch]]:
                 continue
             entry = applied.setdefault((patch.name, patch.why), AppliedPatch(patch.name, patch.why, [], 0))
             entry.modules += 1
-            if cls not in saved:
-                saved[cls] = cls.__dict__.get("forward")
-                cls.forward = patch.forward
+            key = (cls, patch.method)
+            if key not in saved:
+                original = cls.__dict__.get(patch.method)
+                saved[key] = original
+                setattr(cls, patch.method, patch.replacement(original) if patch.derived else patch.replacement)
                 entry.classes.append(cls.__name__)
             break
+    previous_env = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
+    if checks_env:
+        os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
+        applied[("no-traced-input-checks", "")] = AppliedPatch(
+            "no-traced-input-checks", "transformers' input checks (torch._check_tensor_all) left out of the graph: "
+            "TRANSFORMERS_DISABLE_TORCH_CHECK=1 during the export", [], 0)
     try:
         yield list(applied.values())
     finally:
-        for cls, forward in saved.items():
-            if forward is None:
-                del cls.forward
+        if checks_env:
+            if previous_env is None:
+                os.environ.pop("TRANSFORMERS_DISABLE_TORCH_CHECK", None)
             else:
-                cls.forward = forward
+                os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = previous_env
+        for (cls, method), original in saved.items():
+            if original is None:
+                delattr(cls, method)
+            else:
+                setattr(cls, method, original)
+
+
+def _traced_checks_exist() -> bool:
+    """transformers 5's ``torch_compilable_check`` (4.57 has none)."""
+    try:
+        from transformers.utils import import_utils
+    except ImportError:
+        return False
+    return hasattr(import_utils, "torch_compilable_check")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from modelexport.errors import ModelExportError, disk_error_message
 from modelexport.compat import dynamo_opset_range
+from modelexport.exporter.dynamo_trace import export_error_summary
 from modelexport.exporter.optimum.compat import (
     no_preprocessor_reload,
     optimum_traces_with_dynamo,
@@ -104,20 +105,3 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
         for f in files:
             infer_static_shapes(output_dir / f.name, config_dict)
     return OptimumExport(files, validations, trace_warnings)
-
-
-def export_error_summary(error: BaseException) -> str:
-    """One line for a failed trace. torch.export's errors open with a multi-line, coloured
-    how-to-debug banner; what went wrong is under their "## Exception summary"."""
-    import re
-
-    message = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if "## Exception summary" in lines:
-        after = lines[lines.index("## Exception summary") + 1:]
-        if after:
-            return after[0][:200]
-    cause = error.__cause__
-    if lines and lines[0].startswith("Failed to ") and cause is not None:
-        return export_error_summary(cause)
-    return lines[0][:200] if lines else type(error).__name__

@@ -1,0 +1,263 @@
+"""The export path that needs no Optimum config (``--exporter generic``), on tiny models built from
+each type's default config (nobody hand-wrote their sizes): a decoder with its KV cache, a MoE
+decoder (patched), an encoder Optimum has no config for, a vision-language model through its
+processor, an audio model through its feature extractor, MiniLM. Runs in both test environments:
+transformers 4.57 with Optimum and transformers 5 without it (there ``auto`` is ``generic``)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import modelexport
+from modelexport.testing import tiny_generic
+from modelexport.testing.breadth import oracle_violations, parameter_owners_by_value
+
+from cli_run import one_error_line, run_cli
+
+HAS_OPTIMUM = importlib.util.find_spec("optimum") is not None and \
+    importlib.util.find_spec("optimum.onnxruntime") is not None
+TEXTS = ["the quick brown fox jumps over the lazy dog", "hello world, the cat runs fast!"]
+
+
+def _folder(tmp_path_factory, name: str, build) -> Path:
+    folder = tmp_path_factory.mktemp(name)
+    build(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory):
+    return _folder(tmp_path_factory, "llama", lambda f: tiny_generic.decoder(f, "llama"))
+
+
+@pytest.fixture(scope="session")
+def mixtral_dir(tmp_path_factory):
+    return _folder(tmp_path_factory, "mixtral", lambda f: tiny_generic.decoder(f, "mixtral"))
+
+
+def _export(folder: Path, out: Path, **kwargs):
+    result = modelexport.export(str(folder), out, **kwargs)
+    meta = json.loads((out / "modelexport_metadata.json").read_text())
+    return result, meta
+
+
+def _assert_tags_are_the_parameters_owners(model, out: Path, result) -> None:
+    """Every node tagged, none at the root by fallback, and each node reading a parameter (found by
+    its value, whatever the exporter named it) tagged with the module owning it."""
+    owners = parameter_owners_by_value(model)
+    classes = {path: type(m).__name__ for path, m in model.named_modules()}
+    checked = 0
+    for report in result.files:
+        assert report.coverage["root_fallback"] == 0, report.coverage
+        assert report.coverage["nodes"] == report.nodes > 0
+        n, bad = oracle_violations(out / report.name, owners, classes)
+        assert not bad, bad[:5]
+        checked += n
+    assert checked > 10  # the oracle saw the weights
+
+
+def _generate_both(model, exported, ids, mask, **kwargs):
+    torch.manual_seed(0)
+    expected = model.generate(ids, attention_mask=mask, **kwargs)
+    got = exported.generate(ids, mask, seed=0, **kwargs)
+    return expected.numpy(), got
+
+
+# -- a plain decoder with its KV cache ---------------------------------------------------------
+def test_decoder_with_kv_cache_generates_what_transformers_generates(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "llama-onnx"
+    result, meta = _export(llama_dir, out, exporter="generic")
+    assert result.exporter == "generic" and result.task == "text-generation-with-past"
+    assert meta["generic"]["layout"] == "decoder-with-past" and result.ort_model_class == "ORTModelForCausalLM"
+    graph = onnx.load(out / "model.onnx", load_external_data=False).graph
+    layers = AutoModelForCausalLM.from_pretrained(llama_dir).config.num_hidden_layers
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask", "position_ids"] + \
+        [f"past_key_values.{i}.{k}" for i in range(layers) for k in ("key", "value")]
+    assert [o.name for o in graph.output] == ["logits"] + [f"present.{i}.{k}" for i in range(layers)
+                                                           for k in ("key", "value")]
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert dims["attention_mask"] == ["batch_size", "past_sequence_length + sequence_length"]
+    assert dims["past_key_values.0.key"][0::2] == ["batch_size", "past_sequence_length"]
+    assert all(f.validation["passed"] for f in result.files)
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    _assert_tags_are_the_parameters_owners(model, out, result)
+    exported = modelexport.load(out)
+    ids = torch.tensor([[5, 17, 42, 9, 33, 2], [1, 1, 8, 64, 12, 7]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])  # the second row left-padded
+    for kwargs in (dict(do_sample=False, max_new_tokens=12),
+                   dict(do_sample=True, top_k=5, temperature=0.7, max_new_tokens=12)):
+        expected, got = _generate_both(model, exported, ids, mask, pad_token_id=1, **kwargs)
+        np.testing.assert_array_equal(got, expected)
+        assert len(set(got[0, 6:].tolist())) > 2  # a model that says something, not one token again and again
+    if HAS_OPTIMUM:  # the same folder in Optimum's own class
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        ort_model = ORTModelForCausalLM.from_pretrained(out)
+        np.testing.assert_array_equal(ort_model.generate(ids, attention_mask=mask, max_new_tokens=12,
+                                                         do_sample=False, pad_token_id=1).numpy(),
+                                      model.generate(ids, attention_mask=mask, max_new_tokens=12,
+                                                     do_sample=False, pad_token_id=1).numpy())
+
+
+# -- an MoE decoder: the expert loop is patched for the trace ----------------------------------
+def test_moe_decoder_is_patched_and_generates_what_transformers_generates(mixtral_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "mixtral-onnx"
+    result, meta = _export(mixtral_dir, out)  # auto: Optimum has no config for mixtral
+    assert result.exporter == "generic"
+    patches = {p["name"]: p for p in meta["generic"]["patches"]}
+    assert patches["dense-moe-experts"]["modules"] == AutoModelForCausalLM.from_pretrained(
+        mixtral_dir).config.num_hidden_layers
+    model = AutoModelForCausalLM.from_pretrained(mixtral_dir).eval()
+    forward_before = {type(m): type(m).__dict__.get("forward") for m in model.modules()}
+    _assert_tags_are_the_parameters_owners(model, out, result)
+    # each expert's weights are read by nodes tagged with that expert (4.57: one module per expert)
+    # or with the experts module that holds them all (transformers 5: stacked weights)
+    expert_modules = {p for p, m in model.named_modules() if ".experts" in p}
+    tags = {t.module_path for t in modelexport.read_tags(out / "model.onnx")}
+    assert tags & expert_modules
+    exported = modelexport.load(out)
+    ids = torch.tensor([[5, 17, 42, 9, 33, 2]])
+    expected, got = _generate_both(model, exported, ids, torch.ones_like(ids), do_sample=False, max_new_tokens=10)
+    np.testing.assert_array_equal(got, expected)
+    # the patch was for the export only
+    assert {type(m): type(m).__dict__.get("forward") for m in model.modules()} == forward_before
+
+
+# -- an encoder Optimum has no config for ------------------------------------------------------
+def test_encoder_without_an_optimum_config(tmp_path_factory, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = _folder(tmp_path_factory, "fnet", tiny_generic.classifier)
+    out = tmp_path / "fnet-onnx"
+    result, meta = _export(folder, out)
+    assert result.exporter == "generic" and result.task == "text-classification"
+    assert result.ort_model_class == "ORTModelForSequenceClassification"
+    assert meta["exporter_reason"] in ("Optimum has no ONNX config for fnet",
+                                      "Optimum (optimum-onnx) is not installed")
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    _assert_tags_are_the_parameters_owners(model, out, result)
+    exported = modelexport.load(out)
+    inputs = exported.preprocess(text=TEXTS)
+    import inspect
+
+    tokens = AutoTokenizer.from_pretrained(folder)(TEXTS, padding=True, return_tensors="pt")
+    takes = inspect.signature(model.forward).parameters
+    tokens = {k: v for k, v in tokens.items() if k in takes}
+    with torch.no_grad():
+        expected = model(**tokens).logits.numpy()
+    np.testing.assert_allclose(exported(**inputs)["logits"], expected, atol=1e-5)
+    if HAS_OPTIMUM:
+        from optimum.onnxruntime import ORTModelForSequenceClassification
+
+        np.testing.assert_allclose(ORTModelForSequenceClassification.from_pretrained(out)(**tokens).logits.numpy(),
+                                   expected, atol=1e-5)
+
+
+# -- a vision-language model through its processor ---------------------------------------------
+def test_vision_language_model_through_its_processor(tmp_path_factory, tmp_path):
+    import transformers
+    from PIL import Image
+
+    folder = _folder(tmp_path_factory, "llava", tiny_generic.vision_language)
+    out = tmp_path / "llava-onnx"
+    result, meta = _export(folder, out)
+    assert result.exporter == "generic" and result.task == "image-text-to-text"
+    assert any("LlavaProcessor" in note for note in meta["generic"]["input_notes"])
+    assert set(meta["generic"]["inputs"]["model.onnx"]) >= {"input_ids", "pixel_values", "attention_mask"}
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    _assert_tags_are_the_parameters_owners(model, out, result)
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    text = "<image> what is in the picture?"
+    inputs = {k: v for k, v in processor(text=[text], images=[image], return_tensors="pt").items()
+              if k != "token_type_ids"}
+    expected = model.generate(**inputs, max_new_tokens=8, do_sample=False).numpy()
+    exported = modelexport.load(out)
+    got = exported.generate(**exported.preprocess(text=[text], images=[image]), max_new_tokens=8)
+    np.testing.assert_array_equal(got, expected)
+
+
+# -- an audio model through its feature extractor ----------------------------------------------
+def test_audio_model_through_its_feature_extractor(tmp_path_factory, tmp_path):
+    from transformers import AutoFeatureExtractor, Wav2Vec2BertForSequenceClassification
+
+    folder = _folder(tmp_path_factory, "w2v-bert", tiny_generic.audio_classifier)
+    out = tmp_path / "w2v-bert-onnx"
+    result, meta = _export(folder, out)
+    assert result.exporter == "generic" and result.task == "audio-classification"
+    assert meta["generic"]["inputs"]["model.onnx"]["input_features"]["dynamic_axes"] == \
+        {"0": "batch_size", "1": "feature_sequence_length"}
+    model = Wav2Vec2BertForSequenceClassification.from_pretrained(folder).eval()
+    _assert_tags_are_the_parameters_owners(model, out, result)
+    t = np.arange(24000) / 16000
+    clips = [np.sin(2 * np.pi * 330 * t).astype(np.float32), np.sin(2 * np.pi * 500 * t[:20000]).astype(np.float32)]
+    exported = modelexport.load(out)
+    features = AutoFeatureExtractor.from_pretrained(folder)(clips, sampling_rate=16000, return_tensors="pt",
+                                                            padding=True)
+    with torch.no_grad():
+        expected = model(**features).logits.numpy()
+    got = exported(**{k: v for k, v in exported.preprocess(audio=clips, sampling_rate=16000).items()
+                      if k in exported.main_file().inputs})["logits"]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+# -- the real MiniLM, without Optimum's config ---------------------------------------------------
+def test_minilm_through_the_generic_path_matches_sentence_transformers(minilm_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "minilm-generic"
+    result, _ = _export(minilm_dir, out, exporter="generic")
+    assert result.library == "sentence_transformers" and result.ort_model_class == "ORTModelForCustomTasks"
+    (report,) = result.files
+    assert report.coverage["root_fallback"] == 0 and report.coverage["nodes"] == report.nodes
+    texts = ["A man is eating food.", "The new movie is awesome.", "Completely unrelated words here"]
+    reference = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts)
+    exported = modelexport.load(out)
+    for embeddings in (exported.embed(texts), exported.sentence_transformer().encode(texts)):
+        cosine = (embeddings * reference).sum(1) / np.linalg.norm(embeddings, axis=1) / np.linalg.norm(reference, axis=1)
+        assert cosine.min() >= 0.9999
+    if HAS_OPTIMUM:
+        onnx_backend = SentenceTransformer(str(out), backend="onnx", model_kwargs={"provider": "CPUExecutionProvider"})
+        np.testing.assert_allclose(onnx_backend.encode(texts), reference, atol=1e-5)
+
+
+# -- item 9 of "Numbers that never lie": the root's own ops belong to the root -------------------
+class _RootArithmetic(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.child = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.child(torch.cos(x))  # Cos is the root's own code
+
+
+def test_root_scoped_ops_are_tagged_with_the_root(tmp_path):
+    pytest.importorskip("onnxscript")
+    modelexport.export_module(_RootArithmetic(), (torch.randn(2, 4),), tmp_path / "m.onnx", exporter="dynamo")
+    tags = {t.op_type: t.module_path for t in modelexport.read_tags(tmp_path / "m.onnx")}
+    assert tags["Cos"] == ""
+    assert tags["Gemm"] == "child"
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def test_generic_path_user_errors_are_one_line(llama_dir, tmp_path):
+    line = one_error_line(run_cli("export", llama_dir, tmp_path / "a", "--exporter", "generic",
+                                  "--task", "image-classification"))
+    assert "llama models cannot be exported for task 'image-classification'" in line and "text-generation" in line
+    line = one_error_line(run_cli("export", llama_dir, tmp_path / "b", "--exporter", "generic", "--library", "timm"))
+    assert "need Optimum" in line
+    if not HAS_OPTIMUM:
+        line = one_error_line(run_cli("export", llama_dir, tmp_path / "c", "--exporter", "torchscript"))
+        assert "needs Optimum" in line and "pip install 'modelexport[optimum]'" in line
+    assert not any(p.name in ("a", "b", "c") for p in tmp_path.iterdir())
