@@ -23,7 +23,10 @@ def main() -> None:
     import onnxruntime  # noqa: F401
     import sentence_transformers  # noqa: F401
     import transformers  # noqa: F401
-    from optimum.exporters.onnx import main_export  # noqa: F401
+    try:
+        from optimum.exporters.onnx import main_export  # noqa: F401
+    except ImportError:  # the transformers-5 environment: no Optimum
+        pass
     if tool == "optimum":
         from optimum.exporters.onnx import main_export
 
@@ -31,10 +34,10 @@ def main() -> None:
         main_export(model, out, task=task)
         seconds = time.perf_counter() - start
         phases = {}
-    elif tool.startswith("modelexport"):  # modelexport, modelexport-dynamo, modelexport-dynamo-source
+    elif tool.startswith("modelexport"):  # modelexport, modelexport-dynamo[-source], modelexport-generic
         import modelexport
 
-        exporter = "dynamo" if "dynamo" in tool else "torchscript"
+        exporter = "dynamo" if "dynamo" in tool else "generic" if "generic" in tool else "torchscript"
         start = time.perf_counter()
         result = modelexport.export(model, out, task=task, exporter=exporter,
                                     keep_source_info=tool.endswith("-source"))

@@ -12,6 +12,7 @@ from modelexport.exporter.optimum.bridge import ExportedFile
 from modelexport.exporter.pipeline import traced_root
 
 
+@pytest.mark.optimum
 def test_installed_versions_are_the_tested_ones():
     optimum_compat.check_versions.cache_clear()
     optimum_compat.check_versions()  # the suite runs with the declared ranges
@@ -20,6 +21,7 @@ def test_installed_versions_are_the_tested_ones():
     assert "bert" in optimum_compat.supported_types("transformers")
 
 
+@pytest.mark.optimum
 def test_an_untested_version_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(optimum_compat.TESTED, "optimum-onnx", ((9, 0), (9, 1)))
     optimum_compat.check_versions.cache_clear()

@@ -15,6 +15,10 @@ import torch
 import modelexport
 from modelexport.hierarchy.tags import read_tags
 
+# Optimum's export of these models (its configs, graph and classes): the generic path has its own
+# tests (test_generic.py, test_families.py in the transformers-5 environment).
+pytestmark = pytest.mark.optimum
+
 
 class Block(torch.nn.Module):
     def __init__(self):

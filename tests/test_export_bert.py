@@ -10,6 +10,10 @@ import torch
 
 from modelexport import read_tags
 
+# Optimum's export of these models (its configs, graph and classes): the generic path has its own
+# tests (test_generic.py, test_families.py in the transformers-5 environment).
+pytestmark = pytest.mark.optimum
+
 
 def test_optimum_loads_folder_and_matches_pytorch(tiny_bert_dir, tiny_bert_export):
     from optimum.onnxruntime import ORTModelForSequenceClassification

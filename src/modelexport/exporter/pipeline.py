@@ -70,7 +70,7 @@ class PathOutput:
 
 def _export(model, output_dir, *, task, library, opset, force, trust_remote_code, validate, static_shapes,
             reporter, exporter, keep_source_info) -> ExportResult:
-    from modelexport.exporter.exporters import TORCH_EXPORT, check_exporter, check_opset
+    from modelexport.exporter.exporters import TORCH_EXPORT, check_exporter
     from modelexport.folder import side_files
     from modelexport.folder.metadata import METADATA_FILE, module_table, tool_versions, write_metadata
     from modelexport.folder.staging import check_output_dir, recover_leftovers, staged_output_dir
@@ -89,19 +89,14 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
         static_shapes = parse_static_shapes(static_shapes)
 
     with phases("load", "Loading model"):
-        exporter, why, source, config, loaded = _resolve_and_load(model, task, library, trust_remote_code, exporter)
-        check_opset(opset, exporter)
+        exporter, why, source, config, loaded = _resolve_and_load(model, task, library, trust_remote_code, exporter,
+                                                                  opset)
         if keep_source_info and exporter not in TORCH_EXPORT:
             from modelexport.errors import ModelExportError
 
             raise ModelExportError(f"--keep-source-info applies to files traced by torch.export; {source.model_type} "
                                    f"is exported with {exporter} ({why}): add --exporter dynamo (Optimum's config) or "
                                    "--exporter generic")
-        if static_shapes and exporter == "generic":
-            from modelexport.errors import ModelExportError
-
-            raise ModelExportError("--static-shapes works with Optimum's ONNX configs (--exporter torchscript); the "
-                                   f"generic exporter does not fix shapes yet ({source.model_type}: {why})")
         tree = ModuleTree.from_module(loaded)
         if static_shapes:
             from modelexport.exporter.static_shapes import check_against_config
@@ -110,7 +105,7 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
 
     with staged_output_dir(output_dir, force, sources) as staging:
         if exporter == "generic":
-            path = _generic_path(loaded, source, staging, opset, phases, trust_remote_code)
+            path = _generic_path(loaded, source, staging, opset, phases, trust_remote_code, static_shapes)
         else:
             path = _optimum_path(loaded, source, staging, opset, static_shapes, exporter, phases)
 
@@ -209,14 +204,16 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
     return result
 
 
-def _resolve_and_load(model, task, library, trust_remote_code, exporter):
+def _resolve_and_load(model, task, library, trust_remote_code, exporter, opset):
     """(exporter, why, source, config, loaded model): the exporter ``auto`` resolves to needs the
-    model type, so the config is read first; the weights are loaded once, by the chosen path."""
-    from modelexport.exporter.exporters import choose_exporter
+    model type, so the config is read first; the opset is checked against the chosen exporter;
+    the weights are loaded once, by the chosen path."""
+    from modelexport.exporter.exporters import check_opset, choose_exporter
 
     if isinstance(model, (str, Path)):
         model_type, detected_library = _peek(str(model), library, trust_remote_code)
         exporter, why = choose_exporter(exporter, model_type, detected_library)
+        check_opset(opset, exporter)
         if exporter == "generic":
             from modelexport.exporter.generic import source as generic_source
 
@@ -232,6 +229,7 @@ def _resolve_and_load(model, task, library, trust_remote_code, exporter):
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     is_st = type(model).__name__ == "SentenceTransformer"
     exporter, why = choose_exporter(exporter, model_type, "sentence_transformers" if is_st else "transformers")
+    check_opset(opset, exporter)
     if exporter == "generic":
         source, config = _generic_source_of_loaded(model, task)
     else:
@@ -306,7 +304,8 @@ def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter:
     return PathOutput(files, validate, ort_model_class_name(source.task, source.library, getattr(loaded, "config", None)))
 
 
-def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_code: bool) -> PathOutput:
+def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_code: bool,
+                  static_shapes: dict | None = None) -> PathOutput:
     from modelexport.compat import dynamo_opset_range
     from modelexport.exporter.generic.export import plan_export, trace_files, validate_files
     from modelexport.exporter.generic.inputs import Preprocessors
@@ -315,9 +314,17 @@ def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_cod
 
     folder = Path(source.name_or_path) if source.is_local and source.name_or_path else None
     with phases("export", "Exporting with torch.export (inputs from the model, no Optimum config)"):
-        plan = plan_export(loaded, source.task, Preprocessors(folder, trust_remote_code), source.library)
+        plan = plan_export(loaded, source.task, Preprocessors(folder, trust_remote_code), source.library,
+                           static_shapes)
         source.task = plan.task
         infos, patches = trace_files(plan, loaded, staging, opset or dynamo_opset_range()[0])
+        if static_shapes:  # every value's shape fixed, for compilers (see static_shapes.py)
+            from modelexport.exporter.static_shapes import infer_static_shapes
+
+            config = getattr(loaded, "config", None)
+            for info in infos:
+                info.trace_warnings += infer_static_shapes(staging / info.name,
+                                                           config.to_dict() if hasattr(config, "to_dict") else None)
     files = [TracedFile(info.name, info.root, info.trace_warnings) for info in infos]
     details = {"layout": plan.layout, "inputs": {info.name: info.inputs for info in infos},
                "input_notes": plan.notes, "patches": patches}

@@ -1,8 +1,8 @@
 """Fixed input shapes for NPUs and compilers: parse, check, and record them with the preprocessors.
 
-Names are those of Optimum's dummy-input shapes (``optimum.utils.DEFAULT_DUMMY_SHAPES``):
-batch_size, sequence_length, height, width, num_channels, feature_size, nb_max_frames,
-audio_sequence_length, ...
+Names are those of Optimum's dummy-input shapes (``optimum.utils.DEFAULT_DUMMY_SHAPES`` in
+optimum-onnx 0.1, written out here so that they mean the same without Optimum): batch_size,
+sequence_length, height, width, num_channels, feature_size, nb_max_frames, audio_sequence_length...
 """
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from pathlib import Path
 from modelexport.errors import ModelExportError
 
 
-def shape_names() -> list[str]:
-    from optimum.utils import DEFAULT_DUMMY_SHAPES
+# optimum-onnx 0.1's DEFAULT_DUMMY_SHAPES: name -> the size Optimum uses when none is given
+DUMMY_SHAPES = {"batch_size": 2, "sequence_length": 16, "num_choices": 4, "width": 64, "height": 64,
+                "num_channels": 3, "point_batch_size": 3, "nb_points_per_image": 2, "visual_seq_length": 16,
+                "feature_size": 80, "nb_max_frames": 3000, "audio_sequence_length": 16000}
 
-    return sorted(DEFAULT_DUMMY_SHAPES)
+
+def shape_names() -> list[str]:
+    return sorted(DUMMY_SHAPES)
 
 
 def parse_static_shapes(text: str) -> dict[str, int]:
@@ -89,7 +93,8 @@ def infer_static_shapes(path: Path, config: dict | None = None) -> list[str]:
     symbolic, so ONNX Runtime's symbolic inference runs first; what it still leaves open
     (``unk__0``: e.g. a Reshape whose target shape is computed) is measured in one run of the
     model on inputs of the fixed shapes, which is exact because every input shape is fixed.
-    Returns the names of the values whose shapes were measured.
+    Returns the warnings for the file: values whose shape depends on the input values (they stay
+    symbolic; see ``measure_open_shapes``).
     """
     import onnx
 
@@ -107,7 +112,13 @@ def infer_static_shapes(path: Path, config: dict | None = None) -> list[str]:
             onnx.save(inferred, str(path))
     if inferred is None:
         onnx.shape_inference.infer_shapes_path(str(path), str(path), data_prop=True)
-    return measure_open_shapes(path, config)
+    _, dependent = measure_open_shapes(path, config)
+    return [data_dependent_warning(dependent)] if dependent else []
+
+
+def data_dependent_warning(names: list[str]) -> str:
+    return (f"{len(names)} values have shapes that depend on the input values, not only on the fixed input shapes "
+            f"(e.g. {names[0]}): they stay symbolic; a compiler that needs every shape fixed will refuse them")
 
 
 def _open_values(graph) -> list[str]:
@@ -121,8 +132,31 @@ def _open_values(graph) -> list[str]:
     return [n for n in dict.fromkeys(names) if n not in initializers and not known.get(n, False)]
 
 
-def measure_open_shapes(path: Path, config: dict | None = None) -> list[str]:
-    """Fill the dimensions symbolic inference left open with those of one ONNX Runtime run."""
+def _varied(feed: dict, config: dict | None) -> dict:
+    """The same shapes, other values: masks with padding at the end, ids spread over the vocabulary,
+    other random floats. A dimension that differs between the two runs depends on the values."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    vocab = int((config or {}).get("vocab_size") or 2)
+    varied = {}
+    for name, value in feed.items():
+        value = np.array(value, copy=True)
+        if "mask" in name and value.ndim >= 1 and value.shape[-1] > 1 and np.issubdtype(value.dtype, np.integer):
+            value[..., max(1, value.shape[-1] * 3 // 4):] = 0
+        elif np.issubdtype(value.dtype, np.integer) and value.dtype != np.bool_ and "ids" in name:
+            value = rng.integers(0, max(2, vocab), value.shape).astype(value.dtype)
+        elif np.issubdtype(value.dtype, np.floating):
+            value = rng.standard_normal(value.shape).astype(value.dtype)
+        varied[name] = value
+    return varied
+
+
+def measure_open_shapes(path: Path, config: dict | None = None) -> tuple[list[str], list[str]]:
+    """Fill the dimensions symbolic inference left open with those of ONNX Runtime runs on inputs
+    of the fixed shapes. Two runs on different values: a dimension that differs between them
+    (downstream of NonZero, a mask's sum...) depends on the data and is left open. Returns the
+    values measured and those whose shape depends on the data."""
     import onnx
 
     from modelexport.runtime.dummy_inputs import make_inputs
@@ -133,10 +167,13 @@ def measure_open_shapes(path: Path, config: dict | None = None) -> list[str]:
     graph = model.graph
     names = _open_values(graph)
     if not names:
-        return []
+        return [], []
     with session_exposing(path, names) as session:
-        values = session.run(names, make_inputs(session, config))
-    shapes = {n: v.shape for n, v in zip(names, values) if hasattr(v, "shape")}
+        feed = make_inputs(session, config)
+        values = session.run(names, feed)
+        other = session.run(names, _varied(feed, config))
+    shapes = {n: v.shape for n, v, w in zip(names, values, other) if hasattr(v, "shape") and v.shape == w.shape}
+    dependent = sorted(n for n, v, w in zip(names, values, other) if hasattr(v, "shape") and v.shape != w.shape)
     types = {n: onnx.helper.np_dtype_to_tensor_dtype(v.dtype) for n, v in zip(names, values) if hasattr(v, "dtype")}
     entries = {v.name: v for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
     for name, shape in shapes.items():
@@ -151,7 +188,7 @@ def measure_open_shapes(path: Path, config: dict | None = None) -> list[str]:
         for size in shape:
             tensor.shape.dim.add().dim_value = int(size)
     onnx.save(model, str(path))  # external weights stay where they are: only their references are written
-    return sorted(shapes)
+    return sorted(shapes), dependent
 
 
 def is_fully_static(path: Path) -> list[str]:

@@ -17,9 +17,8 @@ from modelexport.errors import ModelExportError
 
 class StaticShapePipeline:
     def __init__(self, folder):
-        import optimum.onnxruntime as ortm
-
         from modelexport.folder.metadata import read_metadata
+        from modelexport.runtime.exported import ExportedModel
 
         self.folder = Path(folder)
         meta, problem = read_metadata(self.folder)
@@ -34,8 +33,10 @@ class StaticShapePipeline:
             raise ModelExportError(f"load_pipeline does not handle task {self.task!r}: it runs classifiers, "
                                    "token/QA/fill-mask heads and embedding models (feature-extraction)")
         self.batch_size = self.shapes.get("batch_size", 1)
-        self.model = getattr(ortm, meta.ort_model_class).from_pretrained(self.folder)
+        # ONNX Runtime through modelexport.load: the same with or without Optimum installed
+        self.model = ExportedModel(self.folder)
         self.config = self.model.config
+        self.input_names = set(self.model.main_file().inputs)
 
     # -- preprocessing to the fixed shapes ----------------------------------------------------
     def _text(self, texts: list[str]) -> dict:
@@ -65,7 +66,7 @@ class StaticShapePipeline:
         extractor = AutoFeatureExtractor.from_pretrained(self.folder)
         features = extractor(list(clips), sampling_rate=sampling_rate, padding="max_length", max_length=length,
                              truncation=True, return_tensors="np")
-        return {k: v for k, v in features.items() if k in self.model.input_names}
+        return {k: v for k, v in features.items() if k in self.input_names}
 
     def preprocess(self, inputs, sampling_rate: int = 16000) -> dict:
         if self.task in _TEXT_TASKS:
@@ -85,7 +86,7 @@ class StaticShapePipeline:
         if not inputs:
             return []
         features = self.preprocess(inputs, sampling_rate)
-        features = {k: v for k, v in features.items() if k in self.model.input_names}
+        features = {k: v for k, v in features.items() if k in self.input_names}
         n, bs = len(inputs), self.batch_size
         results = []
         for start in range(0, n, bs):
@@ -94,8 +95,8 @@ class StaticShapePipeline:
             if real < bs:  # the last batch: fill with copies of its first row, dropped below
                 chunk = {k: np.concatenate([v, np.repeat(v[:1], bs - real, axis=0)]) for k, v in chunk.items()}
             output = self.model(**chunk)
-            if getattr(output, "logits", None) is not None:
-                for row in np.asarray(output.logits)[:real]:
+            if output.get("logits") is not None:
+                for row in np.asarray(output["logits"])[:real]:
                     entry = {"logits": row}
                     id2label = getattr(self.config, "id2label", None)
                     if row.ndim == 1 and id2label:

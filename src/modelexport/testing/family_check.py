@@ -1,9 +1,10 @@
 """Export one tiny family end to end and check it the way a user would.
 
 ``check_family`` builds the model folder, runs ``modelexport.export``, reads every ONNX file's
-tags back, loads the folder with the family's ``ORTModelForXxx`` and compares with PyTorch:
-an output tensor, or greedy ``generate()`` tokens. It returns a ``FamilyRow`` with what was
-measured; the tests assert on it and scripts/models_table.py writes it to docs/models.md.
+tags back, loads the folder with the family's ``ORTModelForXxx`` where Optimum is installed (else
+with ``modelexport.load``, ONNX Runtime alone) and compares with PyTorch: an output tensor, or
+greedy ``generate()`` tokens. It returns a ``FamilyRow`` with what was measured; the tests assert
+on it and scripts/models_table.py writes it to docs/models.md.
 """
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ class FamilyRow:
     copied: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
     export_seconds: float = 0.0
-    exporter: str = "torchscript"
+    exporter: str = "torchscript"  # asked for ("auto" resolves to the one in `path`)
+    path: str = ""  # the exporter that wrote the files
+    loader: str = ""  # what ran the folder: Optimum's ORTModel class, or modelexport.load
     output: str = ""  # the exported folder
     warnings: list[str] = field(default_factory=list)  # what the export told the user about its files
     error: str | None = None
@@ -82,17 +85,32 @@ def _inputs(family: Family, folder: Path):
     raise ValueError(family.inputs)
 
 
+def _loader(family: Family, out: Path, row: FamilyRow):
+    """Optimum's class for the family where Optimum is installed, else ``modelexport.load``."""
+    from modelexport.exporter.optimum import available
+
+    if available():
+        import optimum.onnxruntime
+
+        row.loader = family.ort_class
+        return getattr(optimum.onnxruntime, family.ort_class).from_pretrained(out)
+    import modelexport
+
+    row.loader = "modelexport.load"
+    return modelexport.load(out)
+
+
 def _compare_outputs(family: Family, folder: Path, out: Path, row: FamilyRow) -> None:
-    import optimum.onnxruntime
     import torch
     import transformers
 
     inputs = _inputs(family, out)  # preprocessors from the exported folder: proves they were copied
     reference = getattr(transformers, family.torch_class).from_pretrained(folder).eval()
-    ort_model = getattr(optimum.onnxruntime, family.ort_class).from_pretrained(out)
+    ort_model = _loader(family, out, row)
     with torch.no_grad():
         expected = getattr(reference(**inputs), family.output).numpy()
-    got = getattr(ort_model(**inputs), family.output)
+    outputs = ort_model(**inputs)
+    got = outputs[family.output] if isinstance(outputs, dict) else getattr(outputs, family.output)
     got = got.numpy() if hasattr(got, "numpy") else np.asarray(got)
     if got.shape != expected.shape:
         raise AssertionError(f"{family.output}: ONNX shape {got.shape} vs PyTorch {expected.shape}")
@@ -100,12 +118,11 @@ def _compare_outputs(family: Family, folder: Path, out: Path, row: FamilyRow) ->
 
 
 def _compare_generate(family: Family, folder: Path, out: Path, row: FamilyRow) -> None:
-    import optimum.onnxruntime
     import torch
     import transformers
 
     reference = getattr(transformers, family.torch_class).from_pretrained(folder).eval()
-    ort_model = getattr(optimum.onnxruntime, family.ort_class).from_pretrained(out)
+    ort_model = _loader(family, out, row)
     if family.inputs == "audio":
         extractor = transformers.AutoFeatureExtractor.from_pretrained(out)
         inputs = {"input_features": extractor(_audio(0), sampling_rate=16000, return_tensors="pt").input_features}
@@ -117,7 +134,7 @@ def _compare_generate(family: Family, folder: Path, out: Path, row: FamilyRow) -
         expected = reference.generate(**inputs, **settings)
     got = ort_model.generate(**inputs, **settings)
     row.tokens = [int(t) for t in expected[0]]
-    row.same_tokens = expected.tolist() == got.tolist()
+    row.same_tokens = expected.tolist() == np.asarray(got).tolist()
 
 
 def build_family(family: Family, workdir: Path, nudge: bool = False) -> Path:
@@ -137,7 +154,7 @@ def build_family(family: Family, workdir: Path, nudge: bool = False) -> Path:
     return folder
 
 
-def check_family(family: Family, workdir: Path, exporter: str = "torchscript", folder: Path | None = None) -> FamilyRow:
+def check_family(family: Family, workdir: Path, exporter: str = "auto", folder: Path | None = None) -> FamilyRow:
     """Build (unless ``folder`` is given), export and check one family; failures are recorded in
     the row, not raised."""
     import modelexport
@@ -152,6 +169,7 @@ def check_family(family: Family, workdir: Path, exporter: str = "torchscript", f
         start = time.perf_counter()
         result = modelexport.export(str(folder), out, task=family.task, exporter=exporter)
         row.export_seconds = time.perf_counter() - start
+        row.path = result.exporter
         row.export_max_abs_diff = result.max_abs_diff
         row.export_passed = all(f.validation["passed"] for f in result.files if f.validation)
         for report in result.files:

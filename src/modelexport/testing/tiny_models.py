@@ -66,14 +66,28 @@ def bpe_tokenizer(folder: Path | None, cls_name: str, specials: dict[str, str], 
     return tokenizer
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (byte-level BPE alphabets; transformers moved its
+    own copy between 4.57 and 5)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
 def clip_tokenizer(folder: Path):
     """CLIP's BPE (with its ``</w>`` word ends) over a byte alphabet and a few merges."""
     import json
 
     from transformers import CLIPTokenizer, CLIPTokenizerFast
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
-    alphabet = list(bytes_to_unicode().values())
+    alphabet = list(_bytes_to_unicode().values())
     merges = ["t h", "th e</w>", "o n", "n x</w>", "m o", "mo d"]
     tokens = alphabet + [c + "</w>" for c in alphabet] + [m.replace(" ", "") for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]

@@ -91,12 +91,22 @@ def _sentence_transformers_inputs(example: Example) -> Example:
                    {k: v for k, v in example.axes.items() if k in keep}, example.notes)
 
 
-def plan_single(model, task: str, pre: Preprocessors, library: str) -> Plan:
+def plan_single(model, task: str, pre: Preprocessors, library: str, static_shapes: dict | None = None) -> Plan:
+    """``static_shapes``: Optimum's dummy-shape names -> sizes; the trace then declares no dynamic
+    axis and every input has those sizes."""
     positional = library == "sentence_transformers"
     # sentence-transformers: inputs are those of its transformer, called with one features dict
-    builder = InputBuilder(model[0].auto_model if positional else model, task, pre)
+    builder = InputBuilder(model[0].auto_model if positional else model, task, pre, static_shapes)
     adapt = _sentence_transformers_inputs if positional else (lambda e: e)
-    example = adapt(builder.build(batch=2, sequence=7))
+    if static_shapes:
+        adapt = (lambda e, inner=adapt: Example(inner(e).inputs, {}, inner(e).notes))
+    example = adapt(builder.build(batch=static_shapes.get("batch_size", 1), sequence=static_shapes.get(
+        "sequence_length", 16))) if static_shapes else adapt(builder.build(batch=2, sequence=7))
+    if static_shapes and "input_values" in example.inputs and "attention_mask" in example.inputs:
+        # A raw-audio model's mask turns into frame lengths, shapes that depend on the values: a
+        # fixed-shape clip is padded instead, the mask left out (as Optimum's export does).
+        example = Example({k: v for k, v in example.inputs.items() if k != "attention_mask"}, example.axes,
+                          example.notes + ["static shapes: no attention_mask input; a shorter clip is padded"])
     call_kwargs = {} if positional else _call_kwargs(model)
     with torch.no_grad():
         out = model(dict(example.inputs)) if positional else model(**example.inputs, **call_kwargs)
@@ -108,10 +118,11 @@ def plan_single(model, task: str, pre: Preprocessors, library: str) -> Plan:
     if not names:
         raise ModelExportError(f"{type(model).__name__} returned no tensor on the example inputs: nothing to export")
     checks = [_unpadded(example)]
-    try:
-        checks.append(_unpadded(adapt(builder.build(batch=3, sequence=11))))
-    except ModelExportError:
-        pass
+    if not static_shapes:
+        try:
+            checks.append(_unpadded(adapt(builder.build(batch=3, sequence=11))))
+        except ModelExportError:
+            pass
     wrapper = NamedOutputs(model, names, call_kwargs, positional=positional)
     return Plan("single", task, [PlannedFile("model.onnx", wrapper, "", example, checks)], list(example.notes))
 
@@ -265,9 +276,17 @@ def plan_seq2seq_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
     return Plan("seq2seq-with-past", task, [encoder_file, decoder_file, past_file], notes)
 
 
-def plan_export(model, task: str, pre: Preprocessors, library: str = "transformers") -> Plan:
+def plan_export(model, task: str, pre: Preprocessors, library: str = "transformers",
+                static_shapes: dict | None = None) -> Plan:
     """The files to write for ``task``; a with-past task falls back to the plain one (with a note)
-    when the model's cache cannot be laid out as Optimum's."""
+    when the model's cache cannot be laid out as Optimum's. With ``static_shapes`` one file of
+    fixed input sizes (a KV cache of fixed length is not laid out yet: refused)."""
+    if static_shapes:
+        if task.endswith("-with-past"):
+            raise ModelExportError(f"--static-shapes with a KV cache ({task}) is not supported by the generic "
+                                   f"exporter; export --task {task.replace('-with-past', '')} (each step runs the "
+                                   "whole sequence at the fixed length)")
+        return plan_single(model, task, pre, library, static_shapes)
     if task == "text-generation-with-past":
         plan = plan_decoder_with_past(model, task, pre)
         if plan is not None:

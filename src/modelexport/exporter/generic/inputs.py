@@ -147,8 +147,11 @@ def _image_token(processor) -> str | None:
 class InputBuilder:
     """Builds ``Example``s of a given batch and sequence size for one model and task."""
 
-    def __init__(self, model, task: str, preprocessors: Preprocessors):
+    def __init__(self, model, task: str, preprocessors: Preprocessors, sizes: dict[str, int] | None = None):
+        """``sizes``: fixed sizes by Optimum's dummy-shape names (height, width, num_channels,
+        audio_sequence_length, nb_max_frames) for ``--static-shapes``."""
         self.model = model
+        self.sizes = dict(sizes or {})
         self.task = task.replace("-with-past", "")
         self.config = model.config
         self.params = forward_parameters(model)
@@ -244,7 +247,7 @@ class InputBuilder:
 
         if not self.takes("pixel_values"):
             return
-        processor = self.pre.image_processor
+        processor = self.pre.image_processor if not {"height", "width"} & set(self.sizes) else None
         if processor is not None:
             try:
                 pixels = processor(images=_generated_images(batch), return_tensors="pt")["pixel_values"]
@@ -255,9 +258,11 @@ class InputBuilder:
                     return
             except Exception:  # an image processor that needs more than images: sized from the config
                 pass
-        channels = int(_config_value(self.config, "num_channels", "in_channels", "in_chans", default=3))
+        channels = int(self.sizes.get("num_channels") or
+                       _config_value(self.config, "num_channels", "in_channels", "in_chans", default=3))
         size = _config_value(self.config, "image_size", "img_size", "input_size", default=224)
         height, width = (size[-2], size[-1]) if isinstance(size, (list, tuple)) else (size, size)
+        height, width = self.sizes.get("height", height), self.sizes.get("width", width)
         inputs["pixel_values"] = torch.randn(batch, channels, int(height), int(width),
                                              generator=torch.Generator().manual_seed(1))
         axes["pixel_values"] = {0: "batch_size", 2: "height", 3: "width"}
@@ -272,8 +277,9 @@ class InputBuilder:
         extractor = self.pre.feature_extractor or default_feature_extractor(self.config)
         if extractor is not None:
             rate = int(getattr(extractor, "sampling_rate", 16000) or 16000)
+            seconds = self.sizes.get("audio_sequence_length", rate) / rate
             try:
-                features = extractor(_generated_audio(batch, 1.0, rate), sampling_rate=rate, return_tensors="pt")
+                features = extractor(_generated_audio(batch, seconds, rate), sampling_rate=rate, return_tensors="pt")
             except Exception:  # an extractor that wants more than audio: sized from the config below
                 features = None
             if features is not None and name in features:
@@ -289,7 +295,8 @@ class InputBuilder:
                 notes.append(f"{name}: {source} {type(extractor).__name__} on generated audio")
                 return
         if name == "input_values":
-            inputs[name] = torch.randn(batch, 16000, generator=torch.Generator().manual_seed(2))
+            inputs[name] = torch.randn(batch, self.sizes.get("audio_sequence_length", 16000),
+                                       generator=torch.Generator().manual_seed(2))
             axes[name] = {0: "batch_size", 1: "sequence_length"}
         else:
             mels = int(_config_value(self.config, "num_mel_bins", "feature_size", "input_feat_per_channel", default=80))

@@ -103,5 +103,5 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
         config = getattr(model, "config", None)
         config_dict = config.to_dict() if hasattr(config, "to_dict") else None
         for f in files:
-            infer_static_shapes(output_dir / f.name, config_dict)
+            trace_warnings.setdefault(f.name, []).extend(infer_static_shapes(output_dir / f.name, config_dict))
     return OptimumExport(files, validations, trace_warnings)
