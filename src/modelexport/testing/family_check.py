@@ -90,10 +90,10 @@ def _loader(family: Family, out: Path, row: FamilyRow):
     from modelexport.exporter.optimum import available
 
     if available():
-        import optimum.onnxruntime
+        from modelexport.exporter.optimum.ort_class import load_ort_model
 
         row.loader = family.ort_class
-        return getattr(optimum.onnxruntime, family.ort_class).from_pretrained(out)
+        return load_ort_model(out, family.ort_class)
     import modelexport
 
     row.loader = "modelexport.load"

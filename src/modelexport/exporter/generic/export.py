@@ -27,6 +27,7 @@ from modelexport.exporter.generic.wrappers import (
     cache_layers,
     past_names,
     present_names,
+    returned_cache,
     tensor_outputs,
 )
 
@@ -136,8 +137,8 @@ def plan_decoder_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
             probe = model(**base.inputs, use_cache=True, return_dict=True)
         except Exception:  # noqa: BLE001  (a model that cannot return its cache: exported without it)
             return None
-    layers = cache_layers(getattr(probe, "past_key_values", None)) if getattr(probe, "past_key_values", None) \
-        is not None else None
+    returned = returned_cache(probe)
+    layers = cache_layers(returned) if returned is not None else None
     if not layers or "logits" not in probe:
         return None
     params = forward_parameters(model)

@@ -50,6 +50,24 @@ class NamedOutputs(torch.nn.Module):
 
 
 # -- KV caches ----------------------------------------------------------------------------------
+def cache_argument(model) -> str:
+    """The name forward takes the cache by: ``cache`` in transformers 5 (``past_key_values`` is a
+    deprecated alias there until 5.40), ``past_key_values`` before."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def returned_cache(output):
+    """The cache a forward returned, under either name."""
+    found = output.get("cache") if hasattr(output, "get") else None
+    return found if found is not None else getattr(output, "past_key_values", None)
+
+
 def new_cache(config):
     """An empty DynamicCache laid out for the model's layers (sliding-window layers where the
     config has them), in transformers 4.57 and 5.x."""
@@ -112,8 +130,9 @@ class DecoderWithCache(torch.nn.Module):
         names = past_names(self.layers)
         pairs = [(inputs[names[2 * i]], inputs[names[2 * i + 1]]) for i in range(self.layers)]
         kwargs = {k: v for k, v in inputs.items() if not k.startswith("past_key_values.")}
-        out = self.model(**kwargs, past_key_values=filled_cache(self.model.config, pairs), use_cache=True)
-        layers = cache_layers(out.past_key_values)
+        kwargs[cache_argument(self.model)] = filled_cache(self.model.config, pairs)
+        out = self.model(**kwargs, use_cache=True)
+        layers = cache_layers(returned_cache(out))
         return (out[self.logits_name], *[t for pair in layers for t in pair])
 
 
@@ -167,12 +186,12 @@ class Seq2SeqDecoder(torch.nn.Module):
         else:
             cache = EncoderDecoderCache(new_cache(config), new_cache(config))
             hidden = inputs["encoder_hidden_states"]
-        kwargs = {"encoder_outputs": (hidden,), self.input_key: inputs["input_ids"], "past_key_values": cache,
+        kwargs = {"encoder_outputs": (hidden,), self.input_key: inputs["input_ids"], cache_argument(self.model): cache,
                   "use_cache": True, "return_dict": True}
         if "encoder_attention_mask" in inputs:
             kwargs["attention_mask"] = inputs["encoder_attention_mask"]
         out = self.model(**kwargs)
-        returned = out.past_key_values
+        returned = returned_cache(out)
         self_layers = cache_layers(returned.self_attention_cache)
         if self.with_past:
             return (out.logits, *[t for pair in self_layers for t in pair])

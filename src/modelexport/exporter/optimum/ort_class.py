@@ -64,3 +64,11 @@ def ort_model_class_for_io(task: str, library: str, layout: str, folder, files: 
     if entry is not None and inputs <= entry[1] and entry[2] in outputs:
         return entry[0]
     return "ORTModelForCustomTasks"
+
+
+def load_ort_model(folder, class_name: str):
+    """The folder in Optimum's ``class_name`` (``ORTModelForCausalLM``...): for the checks that a
+    folder loads where Optimum is installed (validate, the test helpers)."""
+    import optimum.onnxruntime as ortm
+
+    return getattr(ortm, class_name).from_pretrained(folder)
