@@ -75,6 +75,7 @@ def summary_dict(result) -> dict:
         "task": result.task,
         "library": result.library,
         "exporter": result.exporter,
+        "exporter_reason": result.exporter_reason,
         "opset": result.opset,
         "files": [
             {"name": f.name, "nodes": f.nodes, "coverage": f.coverage, "validation": f.validation,
@@ -110,6 +111,8 @@ def print_summary(result) -> None:
                       str(c.get("partial_scope", 0)), str(c["root_fallback"]),
                       diff)
     console.print(table)
+    if result.exporter_reason and result.exporter_reason != "asked for":
+        console.print(f"Exporter: {result.exporter} ({escape(result.exporter_reason)})")
     written = list(dict.fromkeys(name for a in result.artifacts if a["status"] == "written" for name in a["files"]))
     skipped = [a["kind"] for a in result.artifacts if a["status"] == "skipped"]
     console.print(f"Also written: {escape(', '.join(written))}, modelexport_metadata.json")

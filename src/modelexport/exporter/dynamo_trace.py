@@ -185,7 +185,7 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
             dynamic_shapes=dynamic_shapes_for(inputs, input_names, dynamic_axes, auto=auto), opset_version=opset,
             dynamo=True, verbose=False)
 
-    fixed_by_code: list[str] = []
+    fixed_by_code: list[tuple[str, int, int, str]] = []
     try:
         program = trace(auto=False)
     except Exception as e:
@@ -205,6 +205,7 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
 
         load_external_data_for_model(model, str(path.parent))
     _, fixed = name_axes(model, input_names, output_names, dynamic_axes)
+    pin_fixed_axes(model, fixed_by_code)
     # The exporter's notes on graph inputs and outputs (torch.export's input kinds, FX names):
     # Optimum's decoder merge compares output ValueInfos whole and fails on them.
     for value in list(model.graph.input) + list(model.graph.output):
@@ -218,7 +219,7 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
             (path.parent / name).unlink(missing_ok=True)
     else:
         onnx.save(model, str(path))
-    return fixed_by_code + fixed
+    return [sentence for *_, sentence in fixed_by_code] + fixed
 
 
 def _external_data_files(model) -> set[str]:
@@ -232,10 +233,10 @@ def _external_data_files(model) -> set[str]:
 _FIXED = re.compile(r"static shape of (\d+) for dimension inputs((?:\['[^']+'\])+)((?:\[\d+\])*)\.shape\[(\d+)\]")
 
 
-def _fixed_by_the_model(error: BaseException, dynamic_axes: dict | None) -> list[str]:
+def _fixed_by_the_model(error: BaseException, dynamic_axes: dict | None) -> list[tuple[str, int, int, str]]:
     """What torch.export said when it refused ``Dim.DYNAMIC`` axes the traced code fixes (ViT's
-    patch embedding checks channels and image size), one sentence per axis; empty for any other
-    failure."""
+    patch embedding checks channels and image size): (input, axis, size, sentence) per axis of a
+    top-level input ("" and -1 when the error names none); empty for any other failure."""
     seen, found, conflict = set(), [], False
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -248,12 +249,28 @@ def _fixed_by_the_model(error: BaseException, dynamic_axes: dict | None) -> list
                 label = f" ({declared[int(axis)]})" if isinstance(declared, dict) and int(axis) in declared else ""
                 sentence = (f"axis {axis}{label} of input {name}{index} is fixed at {size} by the model's code "
                             "(declared dynamic; other sizes will fail at run time)")
-                if sentence not in found:
-                    found.append(sentence)
+                entry = (name if not index else "", int(axis), int(size), sentence)
+                if entry not in found:
+                    found.append(entry)
         error = error.__cause__ or error.__context__
     if conflict and not found:
-        found.append("torch.export found input axes the model's code fixes (declared dynamic)")
+        found.append(("", -1, -1, "torch.export found input axes the model's code fixes (declared dynamic)"))
     return found
+
+
+def pin_fixed_axes(model, fixed: list[tuple[str, int, int, str]]) -> None:
+    """Write the sizes the model's code fixed on the graph's inputs: torch.export may keep such an
+    input symbolic while the graph inside only works at the traced size; declared as a number,
+    ONNX Runtime refuses other sizes with a clear message instead of failing in the middle."""
+    inputs = {value.name: value for value in model.graph.input}
+    for name, axis, size, _ in fixed:
+        value = inputs.get(name)
+        if value is None or axis < 0:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if axis < len(dims):
+            dims[axis].Clear()
+            dims[axis].dim_value = size
 
 
 def export_error_summary(error: BaseException) -> str:

@@ -70,6 +70,7 @@ class PathOutput:
 
 def _export(model, output_dir, *, task, library, opset, force, trust_remote_code, validate, static_shapes,
             reporter, exporter, keep_source_info) -> ExportResult:
+    from modelexport.errors import ModelExportError
     from modelexport.exporter.exporters import TORCH_EXPORT, check_exporter
     from modelexport.folder import side_files
     from modelexport.folder.metadata import METADATA_FILE, module_table, tool_versions, write_metadata
@@ -89,6 +90,7 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
         static_shapes = parse_static_shapes(static_shapes)
 
     with phases("load", "Loading model"):
+        requested = exporter
         exporter, why, source, config, loaded = _resolve_and_load(model, task, library, trust_remote_code, exporter,
                                                                   opset)
         if keep_source_info and exporter not in TORCH_EXPORT:
@@ -107,7 +109,16 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
         if exporter == "generic":
             path = _generic_path(loaded, source, staging, opset, phases, trust_remote_code, static_shapes)
         else:
-            path = _optimum_path(loaded, source, staging, opset, static_shapes, exporter, phases)
+            try:
+                path = _optimum_path(loaded, source, staging, opset, static_shapes, exporter, phases)
+            except ModelExportError as e:
+                if requested != "auto" or opset is not None:
+                    raise
+                # auto: where Optimum's own export fails, the path without its config is tried on
+                # the same loaded model, and the metadata says why
+                _empty(staging)
+                exporter, why = "generic", f"Optimum's export failed ({str(e)[:200]}): exported without its config"
+                path = _generic_path(loaded, source, staging, opset, phases, trust_remote_code, static_shapes)
 
         reports: list[FileReport] = []
         node_counts: dict[str, dict[str, int]] = {}
@@ -171,6 +182,7 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
             timings=phases.timings,
             ort_model_class=path.ort_model_class,
             exporter=exporter,
+            exporter_reason=why,
         )
         result.timings["total"] = time.perf_counter() - started
         document = {
@@ -214,16 +226,23 @@ def _resolve_and_load(model, task, library, trust_remote_code, exporter, opset):
         model_type, detected_library = _peek(str(model), library, trust_remote_code)
         exporter, why = choose_exporter(exporter, model_type, detected_library)
         check_opset(opset, exporter)
-        if exporter == "generic":
-            from modelexport.exporter.generic import source as generic_source
-
-            source, config = generic_source.resolve(str(model), task, library, trust_remote_code)
-            loaded = generic_source.load(source, trust_remote_code, task_given=task != "auto")
-        else:
+        if exporter != "generic":
+            from modelexport.errors import TaskError
             from modelexport.exporter.optimum.tasks import load_model, resolve_source
 
-            source, config = resolve_source(str(model), task, library, trust_remote_code)
-            loaded = load_model(source, trust_remote_code)
+            try:
+                source, config = resolve_source(str(model), task, library, trust_remote_code)
+            except TaskError as e:
+                if why == "asked for":
+                    raise
+                # auto: Optimum knows the type but not this task (its head): the generic path's
+                exporter, why = "generic", f"Optimum's config for {model_type} has no such task ({e})"
+            else:
+                return exporter, why, source, config, load_model(source, trust_remote_code)
+        from modelexport.exporter.generic import source as generic_source
+
+        source, config = generic_source.resolve(str(model), task, library, trust_remote_code)
+        loaded = generic_source.load(source, trust_remote_code, task_given=task != "auto")
         return exporter, why, source, config, loaded
     loaded = model
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -331,6 +350,17 @@ def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_cod
     return PathOutput(files, lambda: validate_files(plan, loaded, staging),
                       ort_model_class_for_io(plan.task, source.library, plan.layout, staging, [f.name for f in files]),
                       details, scope_prefix=SCOPE_PREFIX)
+
+
+def _empty(folder: Path) -> None:
+    """Remove what a failed attempt left in the staging folder."""
+    import shutil
+
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def model_folder(model) -> Path | None:

@@ -27,7 +27,8 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)
     metadata_path: Path | None = None
     ort_model_class: str | None = None  # the optimum.onnxruntime class that loads the folder
-    exporter: str = "torchscript"  # the trace: "torchscript" or "dynamo" (torch.export)
+    exporter: str = "torchscript"  # the path: "torchscript", "dynamo" (Optimum's configs) or "generic"
+    exporter_reason: str = ""  # why that path (what ``auto`` decided, or "asked for")
 
     @property
     def max_abs_diff(self) -> float | None:

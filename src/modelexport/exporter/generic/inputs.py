@@ -147,13 +147,15 @@ def _image_token(processor) -> str | None:
 class InputBuilder:
     """Builds ``Example``s of a given batch and sequence size for one model and task."""
 
-    def __init__(self, model, task: str, preprocessors: Preprocessors, sizes: dict[str, int] | None = None):
+    def __init__(self, model, task: str, preprocessors: Preprocessors, sizes: dict[str, int] | None = None,
+                 config=None):
         """``sizes``: fixed sizes by Optimum's dummy-shape names (height, width, num_channels,
-        audio_sequence_length, nb_max_frames) for ``--static-shapes``."""
+        audio_sequence_length, nb_max_frames) for ``--static-shapes``. ``config``: the model's
+        config when ``model`` is a part without one (an encoder)."""
         self.model = model
         self.sizes = dict(sizes or {})
         self.task = task.replace("-with-past", "")
-        self.config = model.config
+        self.config = config if config is not None else model.config
         self.params = forward_parameters(model)
         self.pre = preprocessors
 
@@ -298,12 +300,48 @@ class InputBuilder:
             inputs[name] = torch.randn(batch, self.sizes.get("audio_sequence_length", 16000),
                                        generator=torch.Generator().manual_seed(2))
             axes[name] = {0: "batch_size", 1: "sequence_length"}
-        else:
-            mels = int(_config_value(self.config, "num_mel_bins", "feature_size", "input_feat_per_channel", default=80))
-            frames = 2 * int(_config_value(self.config, "max_source_positions", default=1500))
-            inputs[name] = torch.randn(batch, mels, frames, generator=torch.Generator().manual_seed(2))
-            axes[name] = {0: "batch_size"}
-        notes.append(f"{name}: generated from the config")
+            notes.append(f"{name}: generated from the config")
+            return
+        found = self._feature_layout(batch)
+        if found is None:
+            raise ModelExportError(f"cannot tell the layout of input_features for {type(self.model).__name__} (no "
+                                   "feature extractor in the folder, and no width from the config fits); export from "
+                                   "a folder that holds the model's feature extractor")
+        value, time_axis = found
+        inputs[name] = value
+        axes[name] = {0: "batch_size", time_axis: "feature_sequence_length"}
+        notes.append(f"input_features: generated, {list(value.shape)} (the layout the model's forward accepts; the "
+                     "folder has no feature extractor)")
+
+    def _feature_layout(self, batch: int):
+        """(input_features, time axis) for a model whose folder has no feature extractor: the
+        widths the config names, frames first or features first, the first layout the model's
+        forward accepts (a forward in PyTorch per candidate)."""
+        import torch
+
+        widths = []
+        channels = _config_value(self.config, "input_channels", default=1)
+        per_channel = _config_value(self.config, "input_feat_per_channel")
+        for width in (_config_value(self.config, "num_mel_bins"), _config_value(self.config, "feature_size"),
+                      per_channel * channels if isinstance(per_channel, int) and isinstance(channels, int) else None,
+                      _config_value(self.config, "feature_projection_input_dim"), 80, 128):
+            if isinstance(width, int) and width > 0 and width not in widths:
+                widths.append(width)
+        sources = _config_value(self.config, "max_source_positions")
+        frame_counts = [2 * sources] if isinstance(sources, int) else []
+        frame_counts += [f for f in (200, 3000) if f not in frame_counts]
+        generator = torch.Generator().manual_seed(2)
+        for frames in frame_counts:
+            for width in widths:
+                for layout in ((batch, width, frames), (batch, frames, width)):
+                    value = torch.randn(*layout, generator=generator)
+                    try:
+                        with torch.no_grad():
+                            self.model(input_features=value)
+                    except Exception:  # noqa: BLE001  (not this layout: the next is tried)
+                        continue
+                    return value, 2 if layout[2] == frames else 1
+        return None
 
     @staticmethod
     def _audio_time_axis(extractor, name: str, value, rate: int) -> dict[int, str]:
