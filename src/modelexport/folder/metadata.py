@@ -57,11 +57,65 @@ def module_table(tree, node_counts_by_file: dict[str, dict[str, int]]) -> list[d
     return rows
 
 
-def write_metadata(output_dir: Path, document: dict) -> Path:
-    path = output_dir / METADATA_FILE
-    document = {"schema": "modelexport.metadata", "schema_version": SCHEMA_VERSION, **document}
-    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+# -- the one writer ----------------------------------------------------------------------------
+# Every verb that writes ``modelexport_metadata.json`` goes through ``write_metadata`` (a new
+# document: export), ``derive_metadata`` (a folder made from another: optimize, quantize) or
+# ``update_metadata`` (a change to a folder's own file: what a quantization search decided).
+
+
+def _write_document(path: Path, document: dict) -> Path:
+    """Schema keys first, written to a temporary file and renamed: a reader never sees half a file."""
+    document = {"schema": "modelexport.metadata", "schema_version": SCHEMA_VERSION,
+                **{k: v for k, v in document.items() if k not in ("schema", "schema_version")}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
     return path
+
+
+def write_metadata(output_dir: Path, document: dict) -> Path:
+    """Write a new metadata file for ``output_dir`` (the export's document, without the schema keys)."""
+    return _write_document(Path(output_dir) / METADATA_FILE, document)
+
+
+def derive_metadata(source: Path, output_dir: Path, step: dict, files: dict[str, dict],
+                    node_counts: dict[str, dict[str, int]]) -> Path:
+    """The metadata of a folder made from ``source`` (optimize, quantize): the source's document
+    with ``step`` appended to ``transforms``, each file's entry updated with ``files[name]``, and
+    the per-module node counts (``nodes``, ``nodes_total``) recomputed from ``node_counts`` (file ->
+    module path -> nodes tagged with exactly it). A source without metadata starts an empty one."""
+    meta, _ = read_metadata(source)
+    document = json.loads(json.dumps(meta.raw)) if meta is not None else {"modules": []}
+    document.setdefault("transforms", []).append(step)
+    totals = node_totals(node_counts)
+    for row in document.get("modules", []):
+        path = row["module_path"]
+        row["nodes"] = {name: c[path] for name, c in node_counts.items() if path in c}
+        row["nodes_total"] = totals.get(path, {})
+    entries = document.setdefault("files", {})
+    for name, entry in files.items():
+        entries.setdefault(name, {}).update(entry)
+    return _write_document(Path(output_dir) / METADATA_FILE, document)
+
+
+def update_metadata(folder: Path, change) -> Path:
+    """Apply ``change(document)`` (a function editing the dict in place) to ``folder``'s metadata
+    file and write it back."""
+    path = Path(folder) / METADATA_FILE
+    document = json.loads(path.read_text(encoding="utf-8"))
+    change(document)
+    return _write_document(path, document)
+
+
+def update_last_transform(folder: Path, **fields) -> Path:
+    """Add ``fields`` to the last entry of ``transforms`` (the step that made ``folder``)."""
+    def change(document: dict) -> None:
+        steps = document.setdefault("transforms", [])
+        if not steps:
+            steps.append({})
+        steps[-1].update(fields)
+
+    return update_metadata(folder, change)
 
 
 class ExportMetadata:

@@ -1,20 +1,23 @@
-"""Optimize or quantize an exported folder with Optimum, then put the tags back on every node.
+"""Optimize or quantize an exported folder with ONNX Runtime, then put the tags back on every node.
 
-The result is a new Optimum-loadable folder (same file names, config and preprocessors copied,
-metadata updated with what was done and how each node got its tag), written through the same
-staged output folder as an export.
+ONNX Runtime's transformer optimizer (``onnxruntime.transformers.optimizer``, with Optimum's
+O1-O4 levels) and its quantizers (``runtime/quantize_ort.py``) are called directly: no Optimum
+is needed. The result is a new Optimum-loadable folder (same file names, config, preprocessors
+and every other side file copied, metadata updated with what was done and how each node got its
+tag), written through the same staged output folder as an export and validated before it
+replaces anything.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelexport.errors import ModelExportError
-from modelexport.compat import gemm_rewrite_suffixes
-from modelexport.folder.metadata import METADATA_FILE
 from modelexport.folder.side_files import copy_side_files
 
 
@@ -25,6 +28,8 @@ class TransformResult:
     kept_float: dict[str, int] = field(default_factory=dict)  # module glob -> nodes kept in float
     added_ops: dict[str, dict[str, int]] = field(default_factory=dict)  # file -> op type -> nodes gained
     tagged: bool = True  # False: the source had no module tags, so neither has the result
+    settings: dict = field(default_factory=dict)  # quantize: what was used (QuantSettings.as_dict)
+    quantized_nodes: dict[str, int] = field(default_factory=dict)  # quantize: file -> weight nodes quantized
 
 
 def op_counts(graph) -> dict[str, int]:
@@ -69,16 +74,29 @@ def untagged_note(src: Path, verb: str) -> str:
 def check_derived_folder(folder: Path, what: str, tagged: bool = True) -> None:
     """Run ``validate``'s checks on a freshly written folder before it replaces anything: a folder
     that does not load or run is an error, not a result. An untagged folder (from an untagged
-    source) is held to every check but those of tags and metadata."""
+    source) is held to every check but those of tags and metadata; without Optimum installed, the
+    Optimum loading check is not one it can fail."""
     from modelexport.folder.loading import load_target
     from modelexport.inspect.validate import FAIL, TAG_CHECKS, validate_target
 
+    skipped = set() if tagged else set(TAG_CHECKS)
+    if not _optimum_installed():
+        skipped.add("Optimum ORTModel class loads the folder")
     failed = [c for c in validate_target(load_target(folder), run_onnxruntime=True)
-              if c.status == FAIL and (tagged or c.name not in TAG_CHECKS)]
+              if c.status == FAIL and c.name not in skipped]
     if failed:
         first = failed[0]
         raise ModelExportError(f"the {what} folder fails `modelexport validate` ({first.name}"
                                f"{' of ' + first.file if first.file else ''}: {first.detail}); nothing was written")
+
+
+def _optimum_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("optimum") is not None
+    except (ImportError, ValueError):  # a broken or hidden installation is not one
+        return False
 
 
 def _restore_all(src: Path, staging: Path, names: list[str], modules,
@@ -106,31 +124,17 @@ def _restore_all(src: Path, staging: Path, names: list[str], modules,
 
 
 def _write_metadata(src: Path, staging: Path, step: dict, files: dict[str, object]) -> dict[str, dict]:
-    """The source folder's metadata with this step appended and node counts of the new files;
-    returns each file's restore counts as dicts."""
-    from modelexport.folder.metadata import node_totals
+    """The source folder's metadata with this step appended and node counts of the new files
+    (``folder.metadata.derive_metadata``); returns each file's restore counts as dicts."""
+    from modelexport.folder.metadata import derive_metadata
 
-    from modelexport.folder.metadata import read_metadata
-
-    source_meta, _ = read_metadata(src)
-    # The source's document, extended: a transform is recorded in the file it started from.
-    meta = dict(source_meta.raw) if source_meta is not None else {
-        "schema": "modelexport.metadata", "schema_version": 1, "modules": []}
-    meta.setdefault("transforms", []).append(step)
-    by_file = {name: counts.by_module for name, counts in files.items()}
-    totals = node_totals(by_file)
-    for row in meta.get("modules", []):
-        path = row["module_path"]
-        row["nodes"] = {name: c[path] for name, c in by_file.items() if path in c}
-        row["nodes_total"] = totals.get(path, {})
-    summaries = {}
-    for name, counts in files.items():
-        summary = summaries[name] = counts.as_dict()
-        meta.setdefault("files", {}).setdefault(name, {}).update({
-            "nodes": counts.nodes, "graph_sha256": counts.graph_sha256, "restored_tags": summary, "validation": None,
-            "coverage": {"nodes": counts.nodes, "direct": 0, "inferred": counts.inferred + counts.by_lineage,
-                         "root_fallback": counts.root, "kept": counts.kept, "by_name": counts.by_name}})
-    (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    summaries = {name: counts.as_dict() for name, counts in files.items()}
+    entries = {name: {"nodes": counts.nodes, "graph_sha256": counts.graph_sha256, "restored_tags": summaries[name],
+                      "validation": None,
+                      "coverage": {"nodes": counts.nodes, "direct": 0, "inferred": counts.inferred + counts.by_lineage,
+                                   "root_fallback": counts.root, "kept": counts.kept, "by_name": counts.by_name}}
+               for name, counts in files.items()}
+    derive_metadata(src, staging, step, entries, {name: counts.by_module for name, counts in files.items()})
     return summaries
 
 
@@ -143,33 +147,161 @@ def _onnx_names(src: Path) -> list[str]:
     return names
 
 
-def optimize_folder(src, out, level: str = "O2", force: bool = False, on_untagged=None) -> TransformResult:
-    from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
+# -- optimize: ONNX Runtime's transformer optimizer, with Optimum's levels ---------------------
+# What Optimum's O1..O4 mean (optimum/onnxruntime/configuration.py, AutoOptimizationConfig._LEVELS
+# and OptimizationConfig's defaults), passed to onnxruntime.transformers.optimizer.optimize_model
+# as ORTOptimizer.optimize passes them; tests/test_optimize_parity.py compares the graphs.
+OPTIMIZATION_LEVELS = {
+    "O1": {"opt_level": 1, "fusions": False, "gelu_approximation": False, "fp16": False},
+    "O2": {"opt_level": 2, "fusions": True, "gelu_approximation": False, "fp16": False},
+    "O3": {"opt_level": 2, "fusions": True, "gelu_approximation": True, "fp16": False},
+    "O4": {"opt_level": 2, "fusions": True, "gelu_approximation": True, "fp16": True},  # fp16: for GPUs
+}
 
-    from modelexport.folder.staging import staged_output_dir
+# Hugging Face model type -> ONNX Runtime optimizer model type (Optimum's ORTConfigManager._conf).
+ORT_MODEL_TYPES = {
+    "albert": "bert", "bart": "bart", "bert": "bert", "big_bird": "bert", "bigbird_pegasus": "bart",
+    "blenderbot": "bert", "bloom": "gpt2", "camembert": "bert", "codegen": "gpt2", "clip": "clip",
+    "deberta": "bert", "deberta-v2": "bert", "dinov2": "vit", "distilbert": "bert", "electra": "bert",
+    "gpt2": "gpt2", "gpt_bigcode": "gpt2", "gpt_neo": "gpt2", "gpt_neox": "gpt2", "gptj": "gpt2", "granite": "gpt2",
+    "longt5": "bert", "llama": "gpt2", "marian": "bart", "mbart": "bart", "mistral": "gpt2", "modernbert": "bert",
+    "mpnet": "bert", "mt5": "bart", "m2m_100": "bart", "nystromformer": "bert", "pegasus": "bert", "roberta": "bert",
+    "segformer": "vit", "t5": "bert", "vit": "vit", "whisper": "bart", "xlm-roberta": "bert", "pix2struct": "vit",
+}
+# The ORT model types whose fusions Optimum runs (ORTConfigManager.check_optimization_supported_model).
+_FUSABLE = ("bart", "bert", "gpt2", "tnlr", "t5", "unet", "vae", "clip", "vit", "swin", "swinv2")
+
+# config.json keys for the attention heads and hidden size, in the order Optimum's normalized
+# configs read them (NormalizedTextConfig and its GPT-2, T5, BART, DistilBERT variants).
+_HEADS_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads")
+_HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
+
+
+def _read_config(src: Path) -> dict:
+    try:
+        config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelExportError(f"{src} has no readable config.json (the optimizer needs the model type): {e}") from e
+    if not isinstance(config, dict):
+        raise ModelExportError(f"{src / 'config.json'} is not a JSON object")
+    return config
+
+
+def attention_shape(config: dict) -> tuple[int, int]:
+    """(attention heads, hidden size) from a config.json, as Optimum reads them for the optimizer;
+    0 lets ONNX Runtime find them in the graph (lists, as SegFormer's per-stage sizes, too)."""
+    scope = config.get("text_config") if config.get("model_type") in ("clip", "pix2struct") else config
+    scope = scope if isinstance(scope, dict) else config
+
+    def first(keys):
+        for key in keys:
+            value = scope.get(key)
+            if value is not None:
+                return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        return 0
+
+    return first(_HEADS_KEYS), first(_HIDDEN_KEYS)
+
+
+def fusion_options(ort_model_type: str, level: str):
+    """ONNX Runtime's FusionOptions for an Optimum level: Optimum's OptimizationConfig defaults
+    (EmbedLayerNormalization, GroupNorm and packed KV off) plus the level's Gelu approximation."""
+    from argparse import Namespace
+
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    args = Namespace(
+        model_type=ort_model_type, disable_gelu=False, disable_layer_norm=False, disable_rotary_embeddings=False,
+        disable_attention=False, use_multi_head_attention=False, disable_skip_layer_norm=False,
+        disable_embed_layer_norm=True, disable_bias_skip_layer_norm=False, disable_bias_gelu=False,
+        enable_gelu_approximation=OPTIMIZATION_LEVELS[level]["gelu_approximation"], disable_shape_inference=False,
+        enable_gemm_fast_gelu=False, use_mask_index=False, use_raw_attention_mask=False, no_attention_mask=False,
+        use_group_norm_channels_first=False, disable_nhwc_conv=False, disable_group_norm=True,
+        disable_skip_group_norm=False, disable_bias_splitgelu=False, disable_packed_qkv=False, disable_packed_kv=True,
+        disable_bias_add=False)
+    return FusionOptions.parse(args)
+
+
+def ort_model_type(config: dict, level: str) -> str:
+    """The optimizer's model type for this config at this level; an unsupported one is refused
+    at O2-O4 (their fusions are per architecture). O1, ONNX Runtime's own basic optimizations,
+    works on any graph."""
+    model_type = config.get("model_type")
+    ort_type = ORT_MODEL_TYPES.get(model_type)
+    if OPTIMIZATION_LEVELS[level]["fusions"] and (ort_type is None or ort_type not in _FUSABLE):
+        raise ModelExportError(f"ONNX Runtime's transformer optimizer has no fusions for model type {model_type!r} "
+                               f"(--level {level}); use --level O1 (ONNX Runtime's basic graph optimizations), or a "
+                               f"model type among {', '.join(sorted(ORT_MODEL_TYPES))}")
+    return ort_type or "bert"
+
+
+def optimize_file(src_file: Path, dst_file: Path, config: dict, level: str) -> None:
+    """``optimize_model`` as Optimum's ORTOptimizer.optimize calls it, then saved (weights outside
+    the file when the source had them outside)."""
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
     from modelexport.quiet import stdout_swallowed
+
+    settings = OPTIMIZATION_LEVELS[level]
+    ort_type = ort_model_type(config, level)
+    heads, hidden = attention_shape(config)
+    src_file, dst_file = Path(src_file).resolve(), Path(dst_file).resolve()
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL
+                   for t in onnx.load(str(src_file), load_external_data=False).graph.initializer)
+    # onnxruntime.transformers prints its shape-inference failures, and its symbolic shape
+    # inference saves the graph it gave up on (sym_shape_infer_temp.onnx and a data file) in the
+    # working directory: both stay in a scratch folder
+    with stdout_swallowed(), tempfile.TemporaryDirectory(dir=dst_file.parent) as scratch, _working_directory(scratch):
+        optimizer = optimize_model(str(src_file), ort_type, heads, hidden, opt_level=settings["opt_level"],
+                                   optimization_options=fusion_options(ort_type, level), use_gpu=settings["fp16"],
+                                   only_onnxruntime=not settings["fusions"])
+        if settings["fp16"]:
+            optimizer.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
+        optimizer.save_model_to_file(str(dst_file), use_external_data_format=external, all_tensors_to_one_file=True)
+
+
+@contextlib.contextmanager
+def _working_directory(path):
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def optimize_folder(src, out, level: str = "O2", force: bool = False, on_untagged=None) -> TransformResult:
+    from modelexport.folder.staging import staged_output_dir
 
     src, out = Path(src), Path(out)
     names = _onnx_names(src)
+    if level not in OPTIMIZATION_LEVELS:
+        raise ModelExportError(f"unknown optimization level {level!r}; choose one of {', '.join(OPTIMIZATION_LEVELS)}")
+    config = _read_config(src)
+    ort_model_type(config, level)  # refused before any work
     modules = _modules(src)
     tagged = is_tagged(src, names)
     if not tagged and on_untagged is not None:
         on_untagged(untagged_note(src, "optimized"))
     with staged_output_dir(out, force, [src]) as staging, tempfile.TemporaryDirectory(dir=staging) as prepared:
-        try:
-            optimizer = ORTOptimizer.from_pretrained(_bare_gemms_given_a_bias(src, names, Path(prepared)),
-                                                     file_names=names)
-            config = AutoOptimizationConfig.with_optimization_level(optimization_level=level)
-            with stdout_swallowed():  # onnxruntime.transformers prints its shape-inference failures
-                optimizer.optimize(save_dir=staging, optimization_config=config, file_suffix="")
-        except (ValueError, KeyError, NotImplementedError) as e:
-            raise ModelExportError(f"Optimum's optimizer cannot optimize {src}: {str(e).splitlines()[0][:300]}") from e
+        readable = _bare_gemms_given_a_bias(src, names, Path(prepared))
+        for name in names:
+            try:
+                optimize_file(readable / name, staging / name, config, level)
+            except (ValueError, KeyError, NotImplementedError, AssertionError, IndexError) as e:
+                raise ModelExportError(f"ONNX Runtime's optimizer cannot optimize {name}: "
+                                       f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from e
         copy_side_files(src, staging)
         fused: dict[str, dict[str, int]] = {}
         summaries = {}
         if tagged:
             files = _restore_all(src, staging, names, modules, fused)
-            summaries = _write_metadata(src, staging, {"step": "optimize", "level": level, "fused_ops": fused}, files)
+            summaries = _write_metadata(src, staging, {"step": "optimize", "level": level,
+                                                       "settings": {**OPTIMIZATION_LEVELS[level],
+                                                                    "ort_model_type": ort_model_type(config, level),
+                                                                    "num_heads_hidden_size": attention_shape(config)},
+                                                       "fused_ops": fused}, files)
         else:
             fused = _fused_only(src, staging, names)
         check_derived_folder(staging, "optimized", tagged)
@@ -224,17 +356,23 @@ def _bare_gemms_given_a_bias(src: Path, names: list[str], prepared: Path) -> Pat
 
 
 def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = False, validate: bool = True,
-                    on_untagged=None) -> TransformResult:
+                    on_untagged=None, settings=None, calibration: dict[str, list[dict]] | None = None,
+                    extra_step: dict | None = None) -> TransformResult:
+    """Quantize every ONNX file of an exported folder with ONNX Runtime (``settings``: a
+    ``QuantSettings``, by default dynamic int8 with this machine's preset), keeping the nodes of
+    the ``exclude`` module patterns float; tags restored, side files copied, the result
+    validated before it replaces anything. ``calibration``: file -> feeds, for static QDQ."""
     import onnx
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
     from modelexport.folder.staging import staged_output_dir
     from modelexport.hierarchy.selection import select_modules
+    from modelexport.runtime.cpu_presets import this_machine
+    from modelexport.runtime.quantize_ort import QuantSettings, file_weights, linked_source, quantize_file
 
     src, out = Path(src), Path(out)
     names = _onnx_names(src)
     modules = _modules(src)
+    settings = settings or QuantSettings(this_machine())
     exclude = exclude or []
     result = TransformResult(out, tagged=is_tagged(src, names))
     if not result.tagged:
@@ -242,35 +380,34 @@ def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = Fa
             raise ModelExportError(f"--exclude-modules needs module tags; {untagged_note(src, 'quantize it')}")
         if on_untagged is not None:
             on_untagged(untagged_note(src, "quantized"))
+    graphs = {name: onnx.load(str(src / name), load_external_data=False) for name in names}
     # A pattern has to match in one file of the folder, not in each: `encoder.block.1` is not in
     # the decoder files. Nodes inside a merged decoder's If branches are matched too.
-    selection = select_modules({name: onnx.load(str(src / name), load_external_data=False) for name in names},
-                               exclude) if exclude else select_modules({}, [])
+    selection = select_modules(graphs, exclude) if exclude else select_modules({}, [])
     for pattern, per_file in selection.nodes.items():
         result.kept_float[pattern] = sum(len(v) for v in per_file.values())
-    with staged_output_dir(out, force, [src]) as staging:
+    weights = {name: file_weights(graphs[name], settings.static, settings.static_ops) for name in names}
+    if settings.static and any(w.has_subgraphs for w in weights.values()):
+        raise ModelExportError(f"{src} has merged decoders (If subgraphs), which ONNX Runtime's static quantizer "
+                               "does not quantize; quantize it dynamically (no --static)")
+    with staged_output_dir(out, force, [src]) as staging, tempfile.TemporaryDirectory(dir=staging) as tmp:
+        readable = linked_source(src, names, Path(tmp) / "source")
+        quantized = {}
         for name in names:
-            excluded = selection.names_in(name)
-            # ONNX Runtime's quantizer first rewrites each Gemm as MatMul (+ Add, + Transpose),
-            # named after the Gemm: excluding only the Gemm's name would quantize it anyway
-            # (GPT-2's Conv1D layers are Gemms).
-            excluded += [f"{n}{suffix}" for n in list(excluded) for suffix in gemm_rewrite_suffixes()]
-            config = AutoQuantizationConfig.avx2(is_static=False, per_channel=False, nodes_to_exclude=excluded)
-            with tempfile.TemporaryDirectory(dir=staging) as tmp:
-                try:
-                    quantizer = ORTQuantizer.from_pretrained(src, file_name=name)
-                    quantizer.quantize(save_dir=tmp, quantization_config=config, file_suffix="")
-                except (ValueError, KeyError, NotImplementedError) as e:
-                    raise ModelExportError(f"Optimum's quantizer cannot quantize {name}: {e}") from e
-                for p in Path(tmp).iterdir():
-                    if p.suffix == ".onnx" or p.name.endswith(".onnx_data"):
-                        shutil.move(str(p), staging / p.name)
+            inputs = {i.name for i in graphs[name].graph.input}
+            quantized[name] = quantize_file(readable / name, staging / name, settings, weights[name],
+                                            selection.names_in(name), calibration=(calibration or {}).get(name),
+                                            input_names=inputs)
+        shutil.rmtree(Path(tmp) / "source")
         copy_side_files(src, staging)
+        result.settings = settings.as_dict()
+        result.quantized_nodes = quantized
         if result.tagged:
             files = _restore_all(src, staging, names, modules)
-            result.files = _write_metadata(src, staging, {"step": "quantize", "mode": "dynamic int8 (avx2)",
-                                                          "excluded_modules": exclude,
-                                                          "kept_float_nodes": result.kept_float}, files)
+            step = {"step": "quantize", "mode": f"{settings.mode} int8 ({settings.choice.preset.name})",
+                    "settings": result.settings, "quantized_weight_nodes": quantized,
+                    "excluded_modules": exclude, "kept_float_nodes": result.kept_float, **(extra_step or {})}
+            result.files = _write_metadata(src, staging, step, files)
         if validate:
             check_derived_folder(staging, "quantized", result.tagged)
     return result
