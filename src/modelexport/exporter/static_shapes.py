@@ -6,6 +6,9 @@ sequence_length, height, width, num_channels, feature_size, nb_max_frames, audio
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 from modelexport.errors import ModelExportError
@@ -105,7 +108,9 @@ def infer_static_shapes(path: Path, config: dict | None = None) -> list[str]:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
         try:
-            inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(path)), auto_merge=False)
+            # it writes scratch files (sym_shape_infer_temp.onnx, *.data) into the working folder
+            with _in_scratch_folder():
+                inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(path)), auto_merge=False)
         except Exception:  # its failures are its own; ONNX's inference below still runs
             inferred = None
         if inferred is not None:
@@ -114,6 +119,18 @@ def infer_static_shapes(path: Path, config: dict | None = None) -> list[str]:
         onnx.shape_inference.infer_shapes_path(str(path), str(path), data_prop=True)
     _, dependent = measure_open_shapes(path, config)
     return [data_dependent_warning(dependent)] if dependent else []
+
+
+@contextlib.contextmanager
+def _in_scratch_folder():
+    """Run with a temporary working folder (removed after), for tools that write beside the cwd."""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="modelexport-shapes-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 def data_dependent_warning(names: list[str]) -> str:

@@ -110,7 +110,14 @@ def plan_single(model, task: str, pre: Preprocessors, library: str, static_shape
                           example.notes + ["static shapes: no attention_mask input; a shorter clip is padded"])
     call_kwargs = {} if positional else _call_kwargs(model)
     with torch.no_grad():
-        out = model(dict(example.inputs)) if positional else model(**example.inputs, **call_kwargs)
+        try:
+            out = model(dict(example.inputs)) if positional else model(**example.inputs, **call_kwargs)
+        except Exception as e:  # the inputs built from the config are not what this model needs
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelExportError(f"{type(model).__name__} does not run on the inputs built from its signature and "
+                                   f"config ({', '.join(f'{k}{list(v.shape)}' for k, v in example.inputs.items())}): "
+                                   f"{type(e).__name__}: {first}; export from a folder that holds the model's "
+                                   "processor or feature extractor") from e
     names = [n for n in tensor_outputs(out) if n != "loss"]
     if positional:
         names = [n for n in ("token_embeddings", "sentence_embedding") if n in names]

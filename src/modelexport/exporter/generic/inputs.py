@@ -14,6 +14,7 @@ every axis but the batch static, and the metadata says so.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,7 +183,8 @@ class InputBuilder:
         inputs: dict = {}
         axes: dict[str, dict[int, str]] = {}
         notes: list[str] = []
-        made_by_processor = self._from_processor(sequence, inputs, axes, notes)
+        made_by_processor = self._from_processor(sequence, inputs, axes, notes) or \
+            self._image_tokens_from_the_model(sequence, inputs, axes, notes)
         if not made_by_processor:
             self._text(batch, sequence, inputs, axes, notes)
             self._vision(batch, inputs, axes, notes)
@@ -343,6 +345,55 @@ class InputBuilder:
                     return value, 2 if layout[2] == frames else 1
         return None
 
+    def _image_tokens_from_the_model(self, sequence, inputs, axes, notes) -> bool:
+        """A vision-language model without a processor in its folder: one image sized from the
+        config, and as many image tokens in the prompt as the model says it has image features
+        (its own check names the count: "tokens: 0, features: 36"). Models whose image inputs need
+        more than pixels (Qwen2-VL's grid) are left to their processor."""
+        import torch
+
+        token = _image_token_id(self.config)
+        if token is None or not (self.takes("pixel_values") and self.takes("input_ids")) or self.pre.processor:
+            return False
+        pixels: dict = {}
+        self._vision(1, pixels, {}, [])
+        text = self._ids(1, 6 + sequence % 3)
+        mask_name = "attention_mask" if self.takes("attention_mask") else None
+
+        def attempt(count: int):
+            ids = torch.cat([torch.full((1, count), token, dtype=torch.long), text], dim=1)
+            feed = {"input_ids": ids, **pixels}
+            if mask_name:
+                feed[mask_name] = torch.ones_like(ids)
+            with torch.no_grad():
+                self.model(**feed)
+            return feed
+
+        try:
+            feed = attempt(1)
+        except Exception as e:  # noqa: BLE001  (the model's own check tells how many image tokens it wants)
+            counts = _FEATURE_COUNT.findall(str(e))
+            if not counts:
+                return False
+            # the check counts features in tokens, or (transformers 5) in values of the text's width
+            width = _config_value(self.config, "hidden_size", default=1)
+            for count in dict.fromkeys((int(counts[-1]), int(counts[-1]) // max(int(width), 1))):
+                try:
+                    feed = attempt(count)
+                    break
+                except Exception:  # noqa: BLE001  (not this count: the next, else left to a processor)
+                    continue
+            else:
+                return False
+        inputs.update(feed)
+        axes["input_ids"] = {1: "sequence_length"}
+        if mask_name:
+            axes[mask_name] = {1: "sequence_length"}
+        count = int((feed["input_ids"] == token).sum())
+        notes.append(f"inputs: one image sized from the config and a prompt of {count} image token(s), the count "
+                     "the model's own check asks for (the folder has no processor); the text's length varies")
+        return True
+
     @staticmethod
     def _audio_time_axis(extractor, name: str, value, rate: int) -> dict[int, str]:
         """The axis that follows the clip's length: the one that changes when the extractor is
@@ -385,6 +436,18 @@ class InputBuilder:
         notes.append(f"inputs: the folder's {type(processor).__name__} on a sample text with its image token "
                      f"{token!r} and a generated image; one prompt and one image per call, the text's length varies")
         return True
+
+
+_FEATURE_COUNT = re.compile(r"features:? (\d+)")
+
+
+def _image_token_id(config) -> int | None:
+    for scope in (config, getattr(config, "text_config", None)):
+        for key in ("image_token_id", "image_token_index"):
+            value = getattr(scope, key, None) if scope is not None else None
+            if isinstance(value, int):
+                return value
+    return None
 
 
 def default_feature_extractor(config):
