@@ -9,6 +9,7 @@ modelexport was not tested with fails in one line instead of deep inside a priva
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from functools import lru_cache
 from importlib import metadata
@@ -91,6 +92,39 @@ def dynamo_opset_range() -> tuple[int, int]:
     from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET
 
     return TORCHLIB_OPSET, ONNX_MAX_OPSET
+
+
+_TORCHLIB_REGISTRIES: dict = {}
+
+
+@contextlib.contextmanager
+def torchlib_registry_reused():
+    """Inside the block, every ``torch.onnx.export(dynamo=True)`` starts from one copy of the ONNX
+    registry it builds from torchlib (about a second per export on this machine: 560 functions
+    wrapped each time), made once per opset and process. Each export gets its own copy of the
+    table (the exporter may add custom translations to it)."""
+    check_version("torch")
+    from torch.onnx._internal.exporter import _registration
+
+    registry_class = _registration.ONNXRegistry
+    original = registry_class.__dict__["from_torchlib"]
+
+    def reused(cls, opset_version=None):
+        key = opset_version
+        if key not in _TORCHLIB_REGISTRIES:
+            built = original.__func__(cls) if opset_version is None else original.__func__(cls, opset_version)
+            _TORCHLIB_REGISTRIES[key] = built
+        cached = _TORCHLIB_REGISTRIES[key]
+        copy = cls()
+        copy._opset_version = cached._opset_version
+        copy.functions = {target: list(metas) for target, metas in cached.functions.items()}
+        return copy
+
+    registry_class.from_torchlib = classmethod(reused)
+    try:
+        yield
+    finally:
+        registry_class.from_torchlib = original
 
 
 # -- ONNX Runtime -----------------------------------------------------------------------------

@@ -180,6 +180,12 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
     inputs = kwargs if kwargs else tuple(args)
 
     def trace(auto: bool):
+        from modelexport.compat import torchlib_registry_reused
+
+        with torchlib_registry_reused():
+            return _trace(auto)
+
+    def _trace(auto: bool):
         return (onnx_export or torch.onnx.export)(
             module, tuple(args), kwargs=kwargs or None, input_names=input_names, output_names=output_names,
             dynamic_shapes=dynamic_shapes_for(inputs, input_names, dynamic_axes, auto=auto), opset_version=opset,
@@ -196,14 +202,19 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
     # Weights inside the file below protobuf's 2 GiB limit, as the TorchScript exporter writes them.
     # Optimum's own switch for external data at any size (its TorchScript path honours it too).
     forced = os.environ.get("FORCE_ONNX_EXTERNAL_DATA", "0") == "1"
-    program.save(str(path), external_data=True if forced else None)
-    del program
-    model = onnx.load(str(path), load_external_data=False)
-    data_files = _external_data_files(model)
-    if data_files:
-        from onnx.external_data_helper import load_external_data_for_model
+    model = _in_memory(program) if not forced else None
+    data_files: set[str] = set()
+    if model is None:  # above protobuf's 2 GiB, or asked for: through the files torch writes
+        program.save(str(path), external_data=True if forced else None)
+        del program
+        model = onnx.load(str(path), load_external_data=False)
+        data_files = _external_data_files(model)
+        if data_files:
+            from onnx.external_data_helper import load_external_data_for_model
 
-        load_external_data_for_model(model, str(path.parent))
+            load_external_data_for_model(model, str(path.parent))
+    else:
+        del program
     _, fixed = name_axes(model, input_names, output_names, dynamic_axes)
     pin_fixed_axes(model, fixed_by_code)
     # The exporter's notes on graph inputs and outputs (torch.export's input kinds, FX names):
@@ -220,6 +231,18 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
     else:
         onnx.save(model, str(path))
     return [sentence for *_, sentence in fixed_by_code] + fixed
+
+
+def _in_memory(program):
+    """The exported model as a ModelProto without writing and reading it back (one 90 MB round trip
+    less on MiniLM); None when it is too large for one protobuf (then it goes through files)."""
+    total = 0
+    for value in program.model.graph.initializers.values():
+        tensor = value.const_value
+        total += int(getattr(tensor, "nbytes", 0) or 0) if tensor is not None else 0
+    if total > 1.8 * 2**30:
+        return None
+    return program.model_proto
 
 
 def _external_data_files(model) -> set[str]:
