@@ -1,7 +1,8 @@
 """The README demo: export the bundled all-MiniLM-L6-v2 and use it through Optimum.
 
 Runs the real CLI, then loads the folder with ``ORTModelForCustomTasks`` and prints
-sentence similarities next to sentence-transformers' own, and the top of the module tree.
+sentence similarities next to sentence-transformers' own, the same folder through
+sentence-transformers' ONNX backend and ``modelexport.load``, and the top of the module tree.
 """
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ def main() -> int:
     st_onnx = SentenceTransformer(str(out), backend="onnx", device="cpu").encode(SENTENCES)
     print(f"same folder in SentenceTransformer(..., backend='onnx'): max |embedding difference| = "
           f"{np.abs(st_onnx - torch_emb).max():.2e}")
+    import modelexport
+
+    loaded = modelexport.load(out).embed(SENTENCES)  # ONNX Runtime alone: no Optimum needed
+    print(f"same folder in modelexport.load(...).embed: max |embedding difference| = "
+          f"{np.abs(loaded - torch_emb).max():.2e}")
 
     meta = json.loads((out / "modelexport_metadata.json").read_text())
     print("\nTop of the module tree (module path, hierarchy tag, parameters, ONNX nodes incl. descendants):")
