@@ -129,5 +129,160 @@ def test_multi_file_folders_are_compared_file_by_file(t5_export, tmp_path, capsy
     assert set(doc["files"]) == {p.name for p in t5_export.glob("*.onnx")}
     encoder = {m["module_path"]: m for m in doc["files"]["encoder_model.onnx"]["modules"]}
     assert encoder["encoder.block.0"]["boundary"] == "own" and encoder["encoder.block.0"]["rel_l2"] > 0
-    merged = doc["files"]["decoder_model_merged.onnx"]["modules"]
-    assert merged and all(m["boundary"] in ("own", "fused", "none") for m in merged)
+    if "decoder_model_merged.onnx" in doc["files"]:  # Optimum's layout has one; the generic path's none
+        merged = doc["files"]["decoder_model_merged.onnx"]["modules"]
+        assert merged and all(m["boundary"] in ("own", "fused", "none") for m in merged)
+
+
+# -- issue 23: numbers that look right and are wrong -------------------------------------------
+def strict_json(text: str) -> dict:
+    """JSON as the standard has it: NaN and Infinity are not JSON."""
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} written into JSON"))
+
+
+@pytest.fixture(scope="module")
+def nan_export(tiny_bert_export, tmp_path_factory):
+    """The tiny BERT export with one weight of one Linear set to NaN: its output and everything
+    after it are NaN in B."""
+    out, _ = tiny_bert_export
+    broken = tmp_path_factory.mktemp("nan") / "onnx"
+    shutil.copytree(out, broken)
+    model = onnx.load(broken / "model.onnx")
+    matmul = next(n for n in model.graph.node if n.op_type == "MatMul" and node_tag(n).module_path == DAMAGED)
+    weights = {t.name: i for i, t in enumerate(model.graph.initializer)}
+    index = next(weights[x] for x in matmul.input if x in weights)
+    array = numpy_helper.to_array(model.graph.initializer[index]).copy()
+    array[0, 0] = np.nan
+    model.graph.initializer[index].CopyFrom(numpy_helper.from_array(array, model.graph.initializer[index].name))
+    onnx.save(model, broken / "model.onnx")
+    return broken
+
+
+def test_nan_in_b_is_its_own_state_ranked_first(tiny_bert_export, nan_export, capsys):
+    out, _ = tiny_bert_export
+    code = cli(["diff", str(out), str(nan_export), "--text", TEXTS[0], "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    entry = strict_json(captured.out)["files"]["model.onnx"]
+    modules = {m["module_path"]: m for m in entry["modules"]}
+    broken = modules[DAMAGED]
+    assert broken["state"] == "nonfinite" and broken["nonfinite"] > 0
+    assert broken["rel_l2"] is None and broken["cosine"] is None and broken["added_rel_l2"] is None
+    for path in ("bert.encoder.layer.1.output", "bert.encoder", ""):  # downstream: never a perfect match
+        assert modules[path]["state"] == "nonfinite" and modules[path]["cosine"] is None, path
+    for path in ("bert.embeddings", "bert.encoder.layer.0"):  # upstream: measured, and equal
+        assert modules[path]["state"] == "ok" and modules[path]["rel_l2"] == 0.0, path
+    assert entry["nonfinite_in_b"] > 0
+    code = cli(["diff", str(out), str(nan_export), "--text", TEXTS[0], "--top", "3", "--format", "json"])
+    top = strict_json(capsys.readouterr().out)["files"]["model.onnx"]["modules"]
+    assert code == 0 and [m["state"] for m in top] == ["nonfinite"] * 3
+    assert cli(["diff", str(out), str(nan_export), "--text", TEXTS[0], "--filter", DAMAGED]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if DAMAGED in line)
+    assert "NaN/Inf" in row and "1.000000" not in row
+
+
+def _tagged_pair(tmp_path):
+    """Two tiny tagged graphs with the same tensor names: module ``mask`` hands on a bool tensor,
+    ``grow`` a tensor whose shape differs in B, ``zero`` one that is all zeros in A only."""
+    from onnx import TensorProto, helper
+
+    from modelexport.hierarchy.tags import write_tag
+
+    def build(path, b: bool):
+        nodes = [helper.make_node("Greater", ["x", "c0"], ["mask"], name="gt"),
+                 helper.make_node("Concat", ["x", "x"], ["t"], axis=0, name="grow") if b else
+                 helper.make_node("Identity", ["x"], ["t"], name="grow"),
+                 helper.make_node("Mul", ["x", "one" if b else "c0"], ["zt"], name="zero"),
+                 helper.make_node("Where", ["mask", "x", "c0"], ["w"], name="where"),
+                 helper.make_node("ReduceSum", ["t"], ["r"], keepdims=0, name="sum"),
+                 helper.make_node("Add", ["zt", "zt"], ["o"], name="add")]
+        for node, module in zip(nodes, ["mask", "grow", "zero", "head", "head", "head"]):
+            write_tag(node, module, f"/M/{module}")
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                                  [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("w", "r", "o")],
+                                  [numpy_helper.from_array(np.array(0, np.float32), "c0"),
+                                   numpy_helper.from_array(np.array(1, np.float32), "one")])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        return path
+
+    return build(tmp_path / "a.onnx", False), build(tmp_path / "b.onnx", True)
+
+
+def test_nothing_compared_and_zero_reference_are_states_in_valid_json(tmp_path, capsys):
+    a, b = _tagged_pair(tmp_path)
+    np.savez(tmp_path / "x.npz", x=np.array([[1, -2, 3], [-4, 5, -6]], np.float32))
+    code = cli(["diff", str(a), str(b), "--inputs", str(tmp_path / "x.npz"), "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    modules = {m["module_path"]: m for m in strict_json(captured.out)["files"]["a.onnx"]["modules"]}
+    assert modules["mask"]["state"] == "uncompared" and modules["mask"]["cosine"] is None  # a bool tensor
+    assert modules["grow"]["state"] == "uncompared" and modules["grow"]["rel_l2"] is None  # shapes differ
+    assert modules["zero"]["state"] == "zero_reference" and modules["zero"]["rel_l2"] is None
+    assert modules["zero"]["max_abs"] == 6.0  # what can be said is said
+    assert modules["head"]["state"] == "ok" and modules["head"]["rel_l2"] > 0
+    code = cli(["diff", str(a), str(b), "--inputs", str(tmp_path / "x.npz"), "--top", "4", "--format", "json"])
+    ranked = [m["module_path"] for m in strict_json(capsys.readouterr().out)["files"]["a.onnx"]["modules"]]
+    assert code == 0 and ranked[:3] == ["zero", "grow", "mask"]  # unmeasured first, then the largest error
+
+
+# -- issue 23: inputs users bring ---------------------------------------------------------------
+def _one_error_line(code: int, err: str) -> str:
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("modelexport: error: "), err  # nothing ran before it
+    return lines[0]
+
+
+def test_diff_of_models_with_other_inputs_is_one_line(tiny_bert_export, gpt2_past_export, capsys):
+    out, _ = tiny_bert_export
+    code = cli(["diff", str(out), str(gpt2_past_export)])
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert "A and B take different inputs" in line and "only B's model.onnx takes past_key_values.0.key" in line
+
+
+def test_text_on_a_folder_without_tokenizer_is_one_line(t5_export, tmp_path, capsys):
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    for name in ["config.json", "modelexport_metadata.json", *(p.name for p in t5_export.glob("*.onnx"))]:
+        shutil.copy(t5_export / name, folder / name)  # the export without its tokenizer files
+    code = cli(["diff", str(folder), str(folder), "--text", "hello"])
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert f"{folder} has no tokenizer files" in line and "--inputs" in line
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["diff", "{out}", "{out}", "--filter", "bert.encoder.layr.*"], "--filter 'bert.encoder.layr.*' matches no module"),
+    (["diff", "{out}", "--pytorch", "--filter", "nothing"], "--filter 'nothing' matches no module"),
+    (["diff", "{out}", "--pytorch", "--overlay", "{tmp}/o.json"], "with --pytorch there is no B"),
+    (["diff", "{out}", "{out}", "--batch", "2", "--text", "hi"], "--batch size dummy inputs; --text/--text-file"),
+    (["profile", "{out}", "--seq-len", "4", "--inputs", "{tmp}/x.npz"], "--seq-len size dummy inputs; --inputs"),
+    (["profile", "{out}", "--image", "{tmp}/photo.png"], "--image: no ONNX file of {out} takes pixel_values"),
+    (["analyze", "{out}", "--filter", "bert.pooler.dense.x*"], "--filter 'bert.pooler.dense.x*' matches no module"),
+    (["compare", "{out}", "{out}", "--filter", "nope"], "--filter 'nope' matches no module"),
+    (["compare", "{out}", "{out}", "--all", "--format", "json"], "--all changes the table only"),
+    (["report", "{out}", "--html", "--depth", "2", "-o", "{tmp}/r.html"], "drop --depth"),
+])
+def test_options_that_would_do_nothing_are_refused_first(tiny_bert_export, tmp_path, capsys, argv, words):
+    out, _ = tiny_bert_export
+    np.savez(tmp_path / "x.npz", input_ids=np.ones((1, 4), np.int64))
+    code = cli([a.format(out=out, tmp=tmp_path) for a in argv])
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert words.format(out=out) in line, line
+    assert not (tmp_path / "o.json").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_minilm_against_pytorch_pairs_named_and_alias_outputs(minilm_export, capsys):
+    """sentence-transformers' outputs are named like the graph's (token_embeddings,
+    sentence_embedding), and the last LayerNorm's output leaves under two names (the
+    ``last_hidden_state`` alias): both pair without doubt, and agree."""
+    out, _ = minilm_export
+    code = cli(["diff", str(out), "--pytorch", "--text", "A man is eating food.", "--format", "json"])
+    doc = strict_json(capsys.readouterr().out)
+    assert code == 0
+    entry = doc["files"]["model.onnx"]
+    paired = {m["module_path"]: m for m in entry["modules"]}
+    assert paired[""]["tensors"] == 2 and paired[""]["max_abs"] < 1e-4
+    for path in ("0.model.encoder.layer.5", "0.model.encoder.layer.5.output.LayerNorm"):
+        assert paired[path]["state"] == "ok" and paired[path]["max_abs"] < 1e-4, path
+    assert all(m["cosine"] > 0.99999 for m in paired.values())

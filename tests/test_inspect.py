@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from modelexport.cli.main import main as cli
-from modelexport.hierarchy.tags import read_tags
+from modelexport.hierarchy.tags import node_tag, read_tags
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -65,6 +65,7 @@ def test_analyze_tree_output(tiny_bert_export, capsys):
     assert "BertForSequenceClassification" in text and "BertEncoder" in text and "nodes" in text
 
 
+@pytest.mark.optimum  # the merged decoder (If branches) is Optimum's layout
 def test_analyze_multi_file_folder_one_tree_per_file(t5_export, capsys):
     code, doc = run_json(capsys, "analyze", t5_export)
     assert code == 0
@@ -74,6 +75,7 @@ def test_analyze_multi_file_folder_one_tree_per_file(t5_export, capsys):
     assert merged["untagged_nodes"] == 0 and merged["nodes"] > 1000  # subgraph nodes counted
 
 
+@pytest.mark.optimum  # a plain Optimum export
 def test_analyze_untagged_model_says_so(plain_optimum_export, capsys):
     code, doc = run_json(capsys, "analyze", plain_optimum_export)
     f = doc["files"]["model.onnx"]
@@ -158,7 +160,8 @@ def test_validate_detects_removed_and_changed_tags(tiny_bert_export, tmp_path, c
 
     folder = _copy(out, tmp_path / "changed")
     model = onnx.load(folder / "model.onnx")
-    target = next(n for n in model.graph.node if n.name == "/bert/encoder/layer.1/attention/self/query/MatMul")
+    target = next(n for n in model.graph.node if n.op_type == "MatMul"
+                  and node_tag(n).module_path == "bert.encoder.layer.1.attention.self.query")
     for p in target.metadata_props:
         if p.key == "module_path":
             p.value = "bert.encoder.layer.0.attention.self.query"
@@ -182,12 +185,14 @@ def test_validate_detects_metadata_disagreeing_and_replaced_file(tiny_bert_expor
     assert "graph structure differs" in _failed(capsys, folder)["tags match modelexport_metadata.json"]
 
 
+@pytest.mark.optimum  # a plain Optimum export
 def test_validate_untagged_optimum_export_fails_honestly(plain_optimum_export, capsys):
     failed = _failed(capsys, plain_optimum_export)
     assert "every node tagged" in failed and "modelexport_metadata.json present and readable" in failed
 
 
 # -- compare --------------------------------------------------------------------------------
+@pytest.mark.optimum  # opset 14: the TorchScript exporter (the dynamo one writes 18 and above)
 def test_compare_identical_and_two_opsets(tiny_bert_dir, tiny_bert_export, tmp_path, capsys):
     import modelexport
 
@@ -231,8 +236,10 @@ def test_graphml_nested_modules_read_by_networkx(tiny_bert_export, tmp_path, cap
     modules = {n: d for n, d in graph.nodes(data=True) if d.get("kind") == "module"}
     assert len(ops) == len(read_tags(out / "model.onnx"))
     assert "m:bert.encoder.layer.1.attention.self.query" in modules
-    query = next(d for d in ops.values() if d["name"] == "/bert/encoder/layer.1/attention/self/query/MatMul")
-    assert query["module_path"] == "bert.encoder.layer.1.attention.self.query"
+    matmul = next(n for n in onnx.load(out / "model.onnx", load_external_data=False).graph.node
+                  if n.op_type == "MatMul" and node_tag(n).module_path == "bert.encoder.layer.1.attention.self.query")
+    query = next(d for d in ops.values() if d["name"] == matmul.name)
+    assert query["module_path"] == "bert.encoder.layer.1.attention.self.query" and query["op_type"] == "MatMul"
     assert graph.number_of_edges() > len(ops) // 2
 
 

@@ -23,6 +23,10 @@ def run(args) -> int:
 
     target = load_target(args.path)
     analyses = analyze_target(target)
+    if args.pattern:
+        from modelexport.cli.args import check_pattern_matches
+
+        check_pattern_matches(args.pattern, {p for a in analyses for p in a.modules}, "--filter")
     if args.format == "json":
         doc = {"schema": "modelexport.analysis", "schema_version": 1, "path": str(target.path),
                "files": {}}

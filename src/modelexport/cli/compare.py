@@ -23,8 +23,17 @@ def run(args) -> int:
     from modelexport.inspect.compare import compare_files, pair_files
     from modelexport.folder.loading import load_target
 
+    if args.all and args.format == "json":
+        from modelexport.errors import ModelExportError
+
+        raise ModelExportError("--all changes the table only: the JSON lists every module already (each with its "
+                               "counts; 'modules_changed' counts those that differ)")
     files_a = analyze_target(load_target(args.a))
     files_b = analyze_target(load_target(args.b))
+    if args.pattern:
+        from modelexport.cli.args import check_pattern_matches
+
+        check_pattern_matches(args.pattern, {p for a in files_a + files_b for p in a.modules}, "--filter")
     comparisons, unmatched = [], []
     for fa, fb in pair_files(files_a, files_b):
         if fa is None or fb is None:

@@ -20,19 +20,40 @@ def _closed_pipe() -> None:
 def stdout_console():
     from rich.console import Console
 
+    class UncroppedConsole(Console):
+        """A table whose numbers and headers do not fit the terminal is printed whole (the
+        terminal wraps the long line) rather than cut at the right edge."""
+
+        def print(self, *objects, crop: bool = False, **kwargs):
+            super().print(*objects, crop=crop, **kwargs)
+
     if sys.stdout.isatty():
-        console = Console(highlight=False)
+        console = UncroppedConsole(highlight=False)
     else:
-        console = Console(width=_PIPE_WIDTH, color_system=None, highlight=False, emoji=False, soft_wrap=True)
+        console = UncroppedConsole(width=_PIPE_WIDTH, color_system=None, highlight=False, emoji=False,
+                                   soft_wrap=True)
     console.on_broken_pipe = _closed_pipe
     return console
 
 
 def table(*columns: str, title: str | None = None, right: tuple[str, ...] = ()):
-    """A rich Table whose cells fold instead of ending in an ellipsis."""
+    """A rich Table whose name cells fold instead of ending in an ellipsis, and whose numbers
+    (the ``right`` columns) and headers never wrap: in a narrow terminal a number split over two
+    lines (``0.97321`` / ``0``) reads as two numbers."""
     from rich.table import Table
 
-    t = Table(title=title, title_justify="left")
+    class WholeNumbersTable(Table):
+        def __rich_console__(self, console, options):
+            from rich.text import Text
+
+            for col in self.columns:
+                header = Text.from_markup(col.header).cell_len if isinstance(col.header, str) else 0
+                widest = max((Text.from_markup(c).cell_len for c in col._cells if isinstance(c, str)), default=0)
+                col.min_width = max(header, widest) if col.no_wrap else header
+            yield from super().__rich_console__(console, options)
+
+    t = WholeNumbersTable(title=title, title_justify="left")
     for col in columns:
-        t.add_column(col, justify="right" if col in right else "left", overflow="fold")
+        numeric = col in right
+        t.add_column(col, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric)
     return t

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     for verb in VERBS:
         verb.register(sub)
+    for verb_parser in dict.fromkeys(sub.choices.values()):
+        # --debug works after the verb too (`modelexport diff A B --debug`); SUPPRESS keeps a
+        # --debug given before the verb when the verb's parser does not see one.
+        verb_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="show full tracebacks and library logs")
     return parser
 
 
@@ -52,10 +57,13 @@ def _raise_on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.debug:
-        quiet_libraries()
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.debug:
+            quiet_libraries()
+    except KeyboardInterrupt:
+        return _interrupted()
     from modelexport.errors import ModelExportError, Terminated
 
     # SIGTERM unwinds like Ctrl-C, so the staged output folder is removed on the way out.
@@ -70,21 +78,28 @@ def main(argv: list[str] | None = None) -> int:
     except ModelExportError as e:
         if args.debug:
             traceback.print_exc()
+        cause = _signal_in_chain(e)
+        if cause is not None:  # a library failure we worded, whose cause was the interrupt
+            return _interrupted() if isinstance(cause, KeyboardInterrupt) else _terminated()
         print(f"modelexport: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("modelexport: interrupted; nothing was written and existing files were left as they were",
-              file=sys.stderr)
-        return 130
+        return _interrupted()
     except Terminated:
-        print("modelexport: terminated; nothing was written and existing files were left as they were",
-              file=sys.stderr)
-        return 143
+        return _terminated()
     except Exception as e:
         from modelexport.errors import disk_error_message
 
         if _is_closed_pipe(e):
             return _closed_pipe()
+        # Ctrl-C (or SIGTERM) that lands inside a library turns into the library's own error: an
+        # extension module whose initialisation it interrupted raises "ImportError: initialization
+        # failed" with the KeyboardInterrupt as its cause. It is still an interrupt.
+        cause = _signal_in_chain(e)
+        if cause is not None:
+            if args.debug:
+                traceback.print_exc()
+            return _interrupted() if isinstance(cause, KeyboardInterrupt) else _terminated()
         disk = disk_error_message(e)
         if disk:  # a full or read-only disk is the user's to fix, not a bug
             print(f"modelexport: error: {disk}", file=sys.stderr)
@@ -97,6 +112,32 @@ def main(argv: list[str] | None = None) -> int:
 
 # A bug of ours or of a library below us, not a refused input: tests and scripts can tell them apart.
 INTERNAL_ERROR = 2
+
+
+def _interrupted() -> int:
+    print("modelexport: interrupted; nothing was written and existing files were left as they were",
+          file=sys.stderr)
+    return 130
+
+
+def _terminated() -> int:
+    print("modelexport: terminated; nothing was written and existing files were left as they were",
+          file=sys.stderr)
+    return 143
+
+
+def _signal_in_chain(e: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or Terminated an exception was raised from (its cause or context)."""
+    from modelexport.errors import Terminated
+
+    seen: BaseException | None = e
+    for _ in range(20):
+        if seen is None:
+            return None
+        if isinstance(seen, (KeyboardInterrupt, Terminated)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _is_closed_pipe(e: BaseException) -> bool:

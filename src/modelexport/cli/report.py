@@ -10,7 +10,8 @@ def register(sub) -> None:
     shared.add_path(p)
     p.add_argument("-o", "--output", default=None,
                    help="file to write (default: PATH/modelexport_report.md for a folder, stdout for a file)")
-    p.add_argument("--depth", type=int, default=3, help="module tree depth in the Markdown report (default 3)")
+    p.add_argument("--depth", type=int, default=None, help="module tree depth in the Markdown report (default 3; the "
+                   "HTML page has the whole tree, folded)")
     p.add_argument("--html", action="store_true",
                    help="write one self-contained HTML page instead: collapsible searchable tree, icicle chart "
                    "(default file: PATH/modelexport_report.html for a folder, MODEL.html beside a file)")
@@ -114,6 +115,17 @@ def write_report(path, output=None, depth: int = 3, force: bool = False):
 
 
 def run(args) -> int:
+    if args.html and args.depth is not None:
+        from modelexport.errors import ModelExportError
+
+        raise ModelExportError("--depth sets the Markdown report's tree; the HTML page holds the whole tree, "
+                               "folded: drop --depth")
+    if args.depth is None:
+        args.depth = 3
+    if args.depth < 0:
+        from modelexport.errors import ModelExportError
+
+        raise ModelExportError("--depth must not be negative")
     if args.html:
         print(f"wrote {write_html(args.path, args.output, args.profile, args.diff, args.force)}")
         return 0

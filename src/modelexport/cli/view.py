@@ -36,6 +36,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _check_port_free(port: int) -> None:
+    """Model Explorer prints "port in use" on stdout and returns; we say it first, as an error."""
+    import errno
+    import socket
+
+    from modelexport.errors import ModelExportError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ModelExportError(f"port {port} on {HOST} is in use; give another --port, or none for a free "
+                                       "one") from e
+            raise ModelExportError(f"cannot listen on {HOST}:{port}: {e.strerror or e}") from e
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -57,6 +74,8 @@ def run(args) -> int:
         raise ModelExportError(f"no such file or folder: {path}")
     if args.port is not None and not 0 < args.port < 65536:
         raise ModelExportError(f"--port {args.port} is not a port number")
+    if args.port is not None:
+        _check_port_free(args.port)
     port = args.port or free_port()
     from modelexport.compat import disable_model_explorer_update_check
 

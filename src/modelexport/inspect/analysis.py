@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from modelexport.errors import ModelExportError
+from modelexport.hierarchy import paths
 from modelexport.hierarchy.module_tree import common_path_prefix
 from modelexport.hierarchy.tags import iter_nodes, node_tag
 
@@ -37,9 +38,7 @@ class ModuleStats:
     @property
     def depth(self) -> int:
         """Levels below the root, as the tree shows them (``encoder.layer.1`` is 3)."""
-        if self.path in ("", UNTAGGED):
-            return 0 if self.path == "" else 1
-        return self.path.count(".") + 1
+        return 1 if self.path == UNTAGGED else paths.depth(self.path)
 
     def as_dict(self) -> dict:
         return {
@@ -72,11 +71,7 @@ class FileAnalysis:
 
 
 def _parent(path: str) -> str | None:
-    if path == "":
-        return None
-    if path == UNTAGGED:
-        return ""
-    return path.rpartition(".")[0]
+    return "" if path == UNTAGGED else paths.parent(path)
 
 
 def _tensor_size(tensor) -> tuple[int, int]:
@@ -100,8 +95,8 @@ def analyze_model(name: str, model, module_info: dict[str, dict] | None = None) 
         stats = modules.get(path)
         if stats is not None:
             return stats
-        if path.count(".") > MAX_DEPTH:
-            raise ModelExportError(f"a module path is nested {path.count('.') + 1} levels deep "
+        if paths.depth(path) > MAX_DEPTH + 1:
+            raise ModelExportError(f"a module path is nested {paths.depth(path)} levels deep "
                                    f"(more than {MAX_DEPTH}): not a real model's tags")
         missing = []  # the path and its ancestors not seen yet, created root-first
         p: str | None = path
@@ -160,7 +155,34 @@ def analyze_model(name: str, model, module_info: dict[str, dict] | None = None) 
             parent.bytes_total += stats.bytes_total
     if modules[""].class_name is None and module_info and "" in module_info:
         modules[""].class_name = module_info[""].get("class")
-    return FileAnalysis(name, modules, nodes, untagged, parameters, parameter_bytes)
+    return FileAnalysis(name, _module_order(modules, module_info), nodes, untagged, parameters, parameter_bytes)
+
+
+def tree_order(path: str) -> list:
+    """Depth-first order of module paths with numeric indices compared as numbers (layer.2
+    before layer.10): a sort key."""
+    return [(0, int(a), "") if a.isdigit() else (1, 0, a) for a in path.split(".")] if path else []
+
+
+def _module_order(modules: dict[str, ModuleStats], module_info: dict[str, dict] | None) -> dict[str, ModuleStats]:
+    """Depth first, each module's children in the model's own order (``named_modules()``, as the
+    metadata lists them), not in the order the graph first uses them (T5's ``block.1`` computes
+    before ``block.0`` returns); without metadata, indices compared as numbers (layer.2 before
+    layer.10); ``(untagged)`` last."""
+    rank = {path: i for i, path in enumerate(module_info or {})}
+
+    def key(path: str):
+        return (path == UNTAGGED, rank.get(path, len(rank)), tree_order(path if path != UNTAGGED else ""))
+
+    ordered: dict[str, ModuleStats] = {}
+    stack = [""]
+    while stack:
+        path = stack.pop()
+        stats = modules[path]
+        ordered[path] = stats
+        stats.children.sort(key=key)
+        stack.extend(reversed(stats.children))
+    return ordered
 
 
 def analyze_target(target) -> list[FileAnalysis]:

@@ -27,11 +27,14 @@ input[type=search]{width:320px;padding:3px 6px}
 font-size:11px;padding:1px 3px;color:#1b1f24;cursor:default}
 #tip{position:fixed;pointer-events:none;background:#1b1f24;color:#fff;padding:6px 8px;border-radius:4px;
 font-size:12px;display:none;max-width:520px;z-index:9;white-space:pre-wrap}
-table{border-collapse:collapse;width:100%;table-layout:fixed}
-th,td{text-align:right;padding:2px 6px;border-bottom:1px solid #eaeef2;font-variant-numeric:tabular-nums}
-th{vertical-align:bottom} td.path,td.ops{overflow-wrap:anywhere}
-th:nth-child(1){width:36%} th:nth-child(2){width:13%} th:nth-child(7){width:17%}
-th:first-child,td:first-child,th:nth-child(2),td:nth-child(2),th:nth-child(7){text-align:left} td.ops{text-align:left;color:#57606a}
+.tablebox{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;width:100%;table-layout:auto}
+th,td{text-align:right;padding:2px 6px 2px 12px;border-bottom:1px solid #eaeef2;font-variant-numeric:tabular-nums;
+white-space:nowrap}
+th{vertical-align:bottom} td.path,td.ops,td.cls{white-space:normal;overflow-wrap:anywhere}
+td.path{min-width:18em} td.ops{min-width:12em}
+th.l,td.path,td.cls,td.ops{text-align:left} td.ops{color:#57606a} td.note{color:#57606a;white-space:normal}
+td.bad{color:#b42318;font-weight:600;white-space:normal}
 tr.hide{display:none} .tog{cursor:pointer;display:inline-block;width:14px;color:#57606a}
 .path{font-family:ui-monospace,monospace}
 """
@@ -43,13 +46,17 @@ const data = JSON.parse(document.getElementById('modelexport-data').textContent)
 const el = (tag, attrs, text) => { const e = document.createElement(tag);
   for (const k in (attrs||{})) e.setAttribute(k, attrs[k]); if (text !== undefined) e.textContent = text; return e; };
 const fmt = n => n >= 1e9 ? (n/1e9).toFixed(1)+'G' : n >= 1e6 ? (n/1e6).toFixed(1)+'M' : n >= 1e3 ? (n/1e3).toFixed(1)+'k' : String(n);
+// bytes in binary units, as `analyze` prints them
+const fmtBytes = n => n >= 1073741824 ? (n/1073741824).toFixed(1)+' GiB' : n >= 1048576 ? (n/1048576).toFixed(1)+' MiB' :
+  n >= 1024 ? (n/1024).toFixed(1)+' KiB' : n + ' B';
 const tip = document.getElementById('tip');
 let current = null, sizeBy = 'params', colorBy = 'none';
 function showTip(ev, m) {
   const lines = [m.module_path || '(root)', m.class || '', 'nodes ' + m.nodes_own + ' own / ' + m.nodes_total + ' total',
-    'parameters ' + fmt(m.parameters_total)];
+    'parameters ' + fmt(m.parameters_total) + ' (' + fmtBytes(m.parameter_bytes_total) + ')'];
   if (m.time_ms !== undefined) lines.push('time ' + m.time_ms.toFixed(3) + ' ms (' + m.time_share.toFixed(1) + '%)');
   if (m.rel_l2 !== undefined && m.rel_l2 !== null) lines.push('rel L2 ' + m.rel_l2.toPrecision(3) + ', added ' + (m.added_rel_l2 === null ? '—' : m.added_rel_l2.toPrecision(3)));
+  if (m.error_note) lines.push('error: ' + m.error_note);
   tip.textContent = lines.join('\n'); tip.style.display = 'block';
   tip.style.left = (ev.clientX + 12) + 'px'; tip.style.top = (ev.clientY + 12) + 'px';
 }
@@ -86,18 +93,21 @@ function tree(file) {
   const cols = ['module', 'class', 'nodes own', 'nodes total', 'params', 'bytes', 'top op types'];
   if (file.has_time) cols.push('time ms', 'time %');
   if (file.has_error) cols.push('rel L2', 'added rel L2');
-  cols.forEach(c => head.appendChild(el('th', {}, c)));
+  const left = new Set(['module', 'class', 'top op types']);
+  cols.forEach(c => head.appendChild(el('th', left.has(c) ? {class: 'l'} : {}, c)));
   const num = (v, f) => v === undefined || v === null ? '' : f(v);
   const parts = [];
   file.modules.forEach(m => {
     let row = '<tr data-path="' + esc(m.module_path) + '"><td class="path" style="padding-left:' + (4 + 14 * m.depth) +
       'px"><span class="tog">' + (m.children.length ? (expanded.has(m.module_path) ? '▾' : '▸') : '') + '</span>' +
       esc(m.module_path || '(root)') + '</td>' +
-      '<td>' + esc(m.class || '') + '</td><td>' + m.nodes_own + '</td><td>' + m.nodes_total + '</td><td>' +
-      fmt(m.parameters_total) + '</td><td>' + fmt(m.parameter_bytes_total) + '</td><td class="ops">' +
+      '<td class="cls">' + esc(m.class || '') + '</td><td>' + m.nodes_own + '</td><td>' + m.nodes_total + '</td><td>' +
+      fmt(m.parameters_total) + '</td><td>' + fmtBytes(m.parameter_bytes_total) + '</td><td class="ops">' +
       esc(Object.entries(m.ops_total).slice(0, 3).map(([k, v]) => k + '×' + v).join(', ')) + '</td>';
     if (file.has_time) row += '<td>' + num(m.time_ms, v => v.toFixed(3)) + '</td><td>' + num(m.time_share, v => v.toFixed(1)) + '</td>';
-    if (file.has_error) row += '<td>' + num(m.rel_l2, v => v.toPrecision(3)) + '</td><td>' + num(m.added_rel_l2, v => v.toPrecision(3)) + '</td>';
+    if (file.has_error) row += m.error_note ?
+      '<td colspan="2" class="' + (m.error_bad ? 'bad' : 'note') + '">' + esc(m.error_note) + '</td>' :
+      '<td>' + num(m.rel_l2, v => v.toPrecision(3)) + '</td><td>' + num(m.added_rel_l2, v => v.toPrecision(3)) + '</td>';
     parts.push(row + '</tr>');
   });
   body.innerHTML = parts.join('');
@@ -186,16 +196,37 @@ def page_data(title: str, subtitle: str, analyses, profile: dict | None, diff: d
             entry["has_time"] = True
         errors = (diff or {}).get("files", {}).get(a.name)
         if errors:
-            by_path = {m["module_path"]: m for m in errors.get("modules", [])}
+            by_path = {m["module_path"]: m for m in errors.get("modules", []) if isinstance(m, dict)}
             for r in rows:
                 if r["module_path"] in by_path:
-                    r["rel_l2"] = by_path[r["module_path"]].get("rel_l2")
-                    r["added_rel_l2"] = by_path[r["module_path"]].get("added_rel_l2")
+                    _error_cells(r, by_path[r["module_path"]])
             added = [r["added_rel_l2"] for r in rows if r.get("added_rel_l2") is not None]
             entry["max_added"] = max(added, default=0.0)
             entry["has_error"] = True
         files.append(entry)
     return {"title": title, "subtitle": subtitle, "files": files}
+
+
+_STATE_WORDS = {"nonfinite": "NaN/Inf on one side", "uncompared": "nothing compared",
+                "zero_reference": "reference all zeros", "unexposed": "inside If branches: not measured"}
+
+
+def _error_cells(row: dict, m: dict) -> None:
+    """A module's own error, never another's: a fused module (B fused its boundary away) shows
+    where it was compared instead of the enclosing module's numbers; a module whose values could
+    not be measured shows why (diff's ``state``), never a number."""
+    state = m.get("state") or "ok"
+    if m.get("boundary") == "fused":
+        row["error_note"] = f"fused in B: compared at {m.get('compared_at') or '(nothing)'}"
+    elif m.get("boundary") == "none" or state == "unexposed":
+        row["error_note"] = _STATE_WORDS["unexposed"]
+    elif state != "ok":
+        row["error_note"] = _STATE_WORDS.get(state, str(state)) + (
+            f" ({m['nonfinite']} values)" if state == "nonfinite" and m.get("nonfinite") else "")
+        row["error_bad"] = True
+    else:
+        row["rel_l2"] = m.get("rel_l2")
+        row["added_rel_l2"] = m.get("added_rel_l2")
 
 
 def _finite(value):
@@ -210,9 +241,11 @@ def _finite(value):
 
 
 def _json_for_script(data: dict) -> str:
-    # Inside <script>, only "</" can end the block early; "<!--" can confuse parsers: escape both.
+    # Inside <script>, "</script" ends the block and "<!--" starts script-data escapes: no "<"
+    # (nor ">" or "&") is written at all. In JSON, "<" can only be inside a string, where
+    # \u003c is the same character to JSON.parse ("<\\!--" was not a JSON escape).
     text = json.dumps(_finite(data), ensure_ascii=False, allow_nan=False, default=str)
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def html_report(title: str, subtitle: str, analyses, profile: dict | None = None, diff: dict | None = None) -> str:
@@ -229,7 +262,7 @@ def html_report(title: str, subtitle: str, analyses, profile: dict | None = None
 <label>colour by <select id="colour"><option value="none">depth</option><option value="time">time</option>
 <option value="error">added error</option></select></label></div>
 <div id="icicle"></div><div id="tip"></div>
-<table><thead><tr id="head"></tr></thead><tbody id="rows"></tbody></table>
+<div class="tablebox"><table><thead><tr id="head"></tr></thead><tbody id="rows"></tbody></table></div>
 <script type="application/json" id="modelexport-data">{_json_for_script(data)}</script>
 <script>{_SCRIPT}</script>
 </body></html>

@@ -51,22 +51,35 @@ def _dim(input_name: str, axis: int, dim, config: dict, rank: int, batch: int = 
     return sequence
 
 
-def make_inputs(session, config: dict | None = None, batch: int = 1,
+def _specs(source) -> list[tuple[str, object, list]]:
+    """(name, numpy dtype or None, dims) of each input, from an ORT session or an ONNX ModelProto
+    (no session needed to read the graph's inputs)."""
+    if hasattr(source, "get_inputs"):
+        return [(s.name, _ORT_TYPES.get(s.type), list(s.shape)) for s in source.get_inputs()]
+    from modelexport.runtime.feeds import input_specs
+
+    return [(s.name, s.dtype, list(s.dims)) for s in input_specs(source)]
+
+
+def make_inputs(source, config: dict | None = None, batch: int = 1,
                 sequence: int = SEQUENCE_LENGTH) -> dict[str, np.ndarray]:
-    """Inputs for every graph input; ``batch`` and ``sequence`` size the symbolic dimensions."""
+    """Inputs for every graph input of ``source`` (an ORT session or an ONNX ModelProto);
+    ``batch`` and ``sequence`` size the symbolic dimensions."""
     config = config or {}
     rng = np.random.default_rng(0)
     feed = {}
-    for spec in session.get_inputs():
-        dtype = _ORT_TYPES.get(spec.type)
+    for name, dtype, dims in _specs(source):
         if dtype is None:
-            raise ValueError(f"input {spec.name} has unsupported type {spec.type}")
-        shape = [_dim(spec.name, i, d, config, len(spec.shape), batch, sequence) for i, d in enumerate(spec.shape)]
+            from modelexport.errors import ModelExportError
+
+            raise ModelExportError(f"input {name} has a type dummy inputs cannot be made for; give --inputs "
+                                   "FILE.npz")
+        shape = [_dim(name, i, d, config, len(dims), batch, sequence) for i, d in enumerate(dims)]
         if dtype is np.bool_:
-            feed[spec.name] = np.zeros(shape, dtype=dtype)  # e.g. use_cache_branch: first step
+            feed[name] = np.zeros(shape, dtype=dtype)  # e.g. use_cache_branch: first step
         elif np.issubdtype(dtype, np.integer):
             # ids inside any vocabulary; masks of ones
-            feed[spec.name] = np.ones(shape, dtype=dtype)
+            feed[name] = np.ones(shape, dtype=dtype)
         else:
-            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+            feed[name] = rng.standard_normal(shape).astype(dtype)
     return feed

@@ -1,8 +1,9 @@
 """Run an ONNX file in ONNX Runtime with some of its intermediate values as extra outputs.
 
 Used where a tool needs values inside the graph: static-shape measurement, per-module diffs.
-The probe file is written beside the original so external weights resolve by the same relative
-paths, and removed as soon as the session holds it.
+A model whose weights are all in the file runs from memory; one with external weights is
+written as a probe file beside the original, so they resolve by the same relative paths, and
+removed as soon as the session holds it.
 """
 from __future__ import annotations
 
@@ -18,19 +19,20 @@ def session_exposing(path: Path, names: list[str]) -> Iterator[object]:
 
     Graph optimizations are off: the point is to see the values as the file computes them."""
     import onnx
-    import onnxruntime as ort
+
+    from modelexport.runtime.sessions import new_session
 
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
     present = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in present)
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        yield new_session(model.SerializeToString(), optimization="disabled")  # nothing written
+        return
     probe = path.with_name(f".{path.stem}.{os.getpid()}.probe.onnx")
     try:
         onnx.save(model, str(probe))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 4
-        session = ort.InferenceSession(str(probe), options, providers=["CPUExecutionProvider"])
+        session = new_session(probe, optimization="disabled")
     finally:
         probe.unlink(missing_ok=True)
     yield session

@@ -4,6 +4,10 @@ At optimization levels above "disabled" ONNX Runtime runs a rewritten graph whos
 have generated names (``BiasGelu_token_15``): the rewritten graph is saved
 (``optimized_model_filepath``), tags are restored on it (hierarchy/restore.py), and events are
 mapped through it. Time in nodes that map to no module is reported as such, not dropped.
+
+An If/Loop/Scan node's event spans the run of its body, whose nodes have events of their own
+(a merged decoder's ``If`` holds the whole decoder): the control-flow node is not counted, its
+body's nodes are, so nothing is counted twice.
 """
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-          "all": "ORT_ENABLE_ALL"}
+from modelexport.hierarchy import paths
+
+CONTROL_FLOW = {"If", "Loop", "Scan"}  # their event spans their body's nodes, which are counted themselves
 
 
 @dataclass
@@ -38,42 +43,46 @@ class FileProfile:
     modules: dict  # path (or None) -> ModuleTime
     unmapped_us: float
     optimization: str
-    samples: list = field(default_factory=list)  # (stack of module paths + op, duration us) for traces
+    median_node_us: float = 0.0  # the median node execution's kernel time: near ORT's own cost per event, the
+    # times are mostly that cost (tiny models)
+    # (module path, op type) -> kernel time (us) summed over the runs, for the flame graph: one
+    # aggregate per stack, not one sample per node execution
+    samples: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         rows = sorted(self.modules.values(), key=lambda m: (m.total_us, m.self_us), reverse=True)
         return {"total_ms": self.total_us / self.runs / 1000, "runs": self.runs, "optimization": self.optimization,
-                "unmapped_ms": self.unmapped_us / self.runs / 1000,
+                "unmapped_ms": self.unmapped_us / self.runs / 1000, "median_node_us": self.median_node_us,
                 "modules": [m.as_dict(self.runs) for m in rows]}
 
 
 def _fold(path: str, depth: int | None) -> str:
-    if depth is None or not path:
+    if depth is None or paths.depth(path) <= depth:
         return path
-    return ".".join(path.split(".")[:depth])
+    return paths.chain(path)[depth]
 
 
-def profile_model(onnx_path: Path, original, feed: dict, runs: int = 10, warmup: int = 3,
+def profile_model(onnx_path: Path, original, feed, runs: int = 10, warmup: int = 3,
                   optimization: str = "all", depth: int | None = None,
                   metadata_modules: list[dict] | None = None) -> FileProfile:
+    """``feed``: one feed, or a list of feeds the runs go through in turn (several texts)."""
     import onnx
-    import onnxruntime as ort
 
     from modelexport.hierarchy.restore import ModuleIndex, restore_tags
     from modelexport.hierarchy.tags import iter_nodes, node_tag
+    from modelexport.runtime.sessions import new_session, session_options
 
+    feeds = feed if isinstance(feed, list) else [feed]
     with tempfile.TemporaryDirectory(prefix="modelexport-profile-") as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[optimization])
+        options = session_options(optimization)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
-        options.log_severity_level = 4  # failures reach the user as one line, not ORT log lines
         optimized_path = Path(tmp) / "optimized.onnx"
         if optimization != "disabled":
             options.optimized_model_filepath = str(optimized_path)
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        for _ in range(warmup + runs):
-            session.run(None, feed)
+        session = new_session(Path(onnx_path), options=options)
+        for i in range(warmup + runs):
+            session.run(None, feeds[i % len(feeds)])
         events = json.loads(Path(session.end_profiling()).read_text())
         ran = onnx.load(str(optimized_path), load_external_data=False) if optimized_path.exists() else original
         index = ModuleIndex(original, metadata_modules)
@@ -87,12 +96,17 @@ def profile_model(onnx_path: Path, original, feed: dict, runs: int = 10, warmup:
     start = windows[0][0] if windows else 0
     modules: dict = {}
     total = unmapped = 0.0
-    samples = []
+    samples: dict = {}
+    durations: list[float] = []
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
             continue
+        op = e.get("args", {}).get("op_name", "?")
+        if op in CONTROL_FLOW:
+            continue  # its body's nodes have their own events: counting it too would count them twice
         name = e["name"][: -len("_kernel_time")]
         dur = float(e["dur"])
+        durations.append(dur)
         total += dur
         tag = tags.get(name)
         path = None if tag is None or tag.module_path is None else index.known(_fold(tag.module_path, depth))
@@ -103,25 +117,27 @@ def profile_model(onnx_path: Path, original, feed: dict, runs: int = 10, warmup:
             entry = modules[path] = ModuleTime(path, index.tag.get(path, "") if path is not None else "(unmapped)")
         entry.self_us += dur
         entry.calls += 1
-        samples.append((path, e.get("args", {}).get("op_name", "?"), dur))
+        samples[(path, op)] = samples.get((path, op), 0.0) + dur
     # Totals: each module's self time added to itself and every ancestor present in the tree.
     for path, entry in list(modules.items()):
         if path is None:
             entry.total_us += entry.self_us
             continue
-        p: str | None = path
-        while p is not None:
+        for p in paths.chain(path):
             anc = modules.get(p)
             if anc is None:
                 anc = modules[p] = ModuleTime(p, index.tag.get(p, ""))
             anc.total_us += entry.self_us
-            p = None if p == "" else p.rpartition(".")[0]
-    return FileProfile(onnx_path.name, runs, total, modules, unmapped, optimization, samples)
+    import statistics
+
+    median = statistics.median(durations) if durations else 0.0
+    return FileProfile(Path(onnx_path).name, runs, total, modules, unmapped, optimization, median, samples)
 
 
 def speedscope(profiles: list[FileProfile]) -> dict:
     """A speedscope file (https://www.speedscope.app): one sampled profile per ONNX file whose
-    stacks are the module chain, then the op type; weights are microseconds."""
+    stacks are the module chain, then the op type; weights are microseconds summed over the runs
+    (one sample per stack: the flame graph and its totals, not a timeline)."""
     frames: list[dict] = []
     frame_index: dict[str, int] = {}
 
@@ -134,12 +150,8 @@ def speedscope(profiles: list[FileProfile]) -> dict:
     out = []
     for prof in profiles:
         stacks, weights = [], []
-        for path, op, dur in prof.samples:
-            if path is None:
-                chain = ["(unmapped)"]
-            else:
-                atoms = path.split(".") if path else []
-                chain = ["(root)"] + [".".join(atoms[: i + 1]) for i in range(len(atoms))]
+        for (path, op), dur in prof.samples.items():
+            chain = ["(unmapped)"] if path is None else ["(root)"] + paths.chain(path)[1:]
             stacks.append([frame(c) for c in chain] + [frame(f"op:{op}")])
             weights.append(dur)
         out.append({"type": "sampled", "name": prof.file, "unit": "microseconds", "startValue": 0,
