@@ -233,7 +233,9 @@ def _resolve_and_load(model, task, library, trust_remote_code, exporter, opset):
             try:
                 source, config = resolve_source(str(model), task, library, trust_remote_code)
             except TaskError as e:
-                if why == "asked for":
+                from modelexport.exporter.generic.source import GENERIC_LIBRARIES
+
+                if why == "asked for" or detected_library not in GENERIC_LIBRARIES:
                     raise
                 # auto: Optimum knows the type but not this task (its head): the generic path's
                 exporter, why = "generic", f"Optimum's config for {model_type} has no such task ({e})"

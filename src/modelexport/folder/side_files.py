@@ -62,6 +62,15 @@ def _absent(kind: str, e: Exception, source_path: str) -> str:
     return f"{where} has no usable {_WHAT[kind]} ({type(e).__name__}: {_first_line(str(e))})"
 
 
+# Files a saved tokenizer leaves; a folder with none of them has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "special_tokens_map.json")
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES) or any(folder.glob("*.tiktoken"))
+
+
 def write_artifacts(source_path: str | None, config, output_dir: Path, trust_remote_code: bool = False,
                     generation_config=None) -> list[ArtifactRecord]:
     """Write config.json and every preprocessor the model has into ``output_dir``."""
@@ -93,6 +102,11 @@ def write_artifacts(source_path: str | None, config, output_dir: Path, trust_rem
                 # alias of the image processor and would overwrite its preprocessor_config.json
                 # with that class name (transformers 5 removes those aliases).
                 _skip(kind, "the image processor already written is this model's preprocessor", records)
+                continue
+            if kind == "tokenizer" and Path(source_path).is_dir() and not has_tokenizer_files(Path(source_path)):
+                # transformers 5 answers a folder without tokenizer files with an empty default
+                # tokenizer of the model's class (T5: 104 special tokens): not the model's own
+                _skip(kind, "the folder has no tokenizer files", records)
                 continue
             try:
                 obj = loader.from_pretrained(source_path, trust_remote_code=trust_remote_code)

@@ -113,6 +113,11 @@ class ExportedModel:
         if kind not in self._preprocessors:
             import transformers
 
+            from modelexport.folder.side_files import has_tokenizer_files
+
+            if kind == "AutoTokenizer" and not has_tokenizer_files(self.folder):
+                self._preprocessors[kind] = None  # transformers 5 would make an empty default one
+                return None
             loader = getattr(transformers, kind)
             try:
                 self._preprocessors[kind] = loader.from_pretrained(self.folder)

@@ -98,6 +98,10 @@ class Preprocessors:
 
     @property
     def tokenizer(self):
+        from modelexport.folder.side_files import has_tokenizer_files
+
+        if self.folder is not None and not has_tokenizer_files(self.folder):
+            return None  # transformers 5 would make an empty default one: not the model's
         return self._load("tokenizer")
 
     @property
