@@ -14,7 +14,8 @@ Patches (each has a test that the patched forward returns what the original retu
   compute of the sparse loop. transformers 4.57's per-family blocks (Mixtral, Qwen2-MoE,
   Qwen3-MoE, OLMoE) keep calling each expert module, so ``experts.N`` stay in the tags;
   transformers 5's shared experts class (``@use_experts_implementation``) holds the experts'
-  weights as one tensor and is replaced as one module.
+  weights as one tensor and is replaced as one module. transformers 4.57's DeepSeek-V2/V3, dots1,
+  GLM-4-MoE and LongCat route first and loop in a ``moe`` method: that method is replaced.
 - ``placeholder-checks-removed``: transformers 4.57's vision-language models check, in Python,
   that the prompt has as many image tokens as the image has features
   (``if inputs_embeds[mask].numel() != image_features.numel(): raise``): a data-dependent branch
@@ -85,6 +86,26 @@ def dense_experts_forward(self, hidden_states, top_k_index, top_k_weights):
     return (projected * dense_weights.transpose(0, 1).unsqueeze(-1)).sum(dim=0).to(hidden_states.dtype)
 
 
+def dense_moe_method(self, hidden_states, topk_indices, topk_weights):
+    """transformers 4.57's ``moe(hidden_states, topk_indices, topk_weights)`` (DeepSeek-V2/V3,
+    dots1, GLM-4-MoE, GLM-4V-MoE, LongCat-Flash), every expert computed: the loop over
+    ``torch.where(mask)`` per expert is data-dependent, the router's choice is already made."""
+    dense_weights = torch.zeros(hidden_states.shape[0], len(self.experts), dtype=topk_weights.dtype,
+                                device=hidden_states.device).scatter(1, topk_indices, topk_weights)
+    final = torch.zeros_like(hidden_states, dtype=topk_weights.dtype)
+    for index, expert in enumerate(self.experts):
+        final = final + expert(hidden_states) * dense_weights[:, index, None]
+    return final.type(hidden_states.dtype)
+
+
+def _has_moe_method(module) -> bool:
+    method = type(module).__dict__.get("moe")
+    if method is None or not isinstance(getattr(module, "experts", None), torch.nn.ModuleList):
+        return False
+    params = list(inspect.signature(method).parameters)
+    return len(params) == 4 and params[0] == "self" and params[1] == "hidden_states"
+
+
 _SPARSE_BLOCKS_457 = {
     "transformers.models.mixtral.modeling_mixtral": "MixtralSparseMoeBlock",
     "transformers.models.qwen2_moe.modeling_qwen2_moe": "Qwen2MoeSparseMoeBlock",
@@ -151,6 +172,8 @@ PATCHES = (
           _is_sparse_block, dense_sparse_moe_block_forward),
     Patch("dense-moe-experts", "sparse MoE experts (data-dependent): every expert computed, weighted by the router",
           _is_experts_module, dense_experts_forward),
+    Patch("dense-moe-experts", "MoE expert loop over torch.where (data-dependent): every expert computed, weighted "
+          "by the router", _has_moe_method, dense_moe_method, method="moe"),
     Patch("placeholder-checks-removed", "image-token count checked in Python (data-dependent): the check's raise "
           "branches removed from get_placeholder_mask", _checks_placeholders_in_python, without_raising_branches,
           method="get_placeholder_mask", derived=True),
