@@ -63,3 +63,44 @@ def test_non_onnx_bytes_raise_value_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(ValueError):
         NodeSplice(path)
+
+
+def _interleaved(model: onnx.ModelProto) -> bytes:
+    """The model's bytes with its graph's nodes split by another field (valid protobuf, which
+    onnx's own serializer never writes)."""
+    from modelexport.hierarchy.node_splice import _length_delimited
+
+    graph = model.graph
+    rest = onnx.GraphProto()
+    rest.CopyFrom(graph)
+    del rest.node[:]
+    rest.ClearField("name")
+    graph_bytes = b"".join((_length_delimited(1, graph.node[0].SerializeToString()),
+                            _length_delimited(2, graph.name.encode()),
+                            *(_length_delimited(1, n.SerializeToString()) for n in graph.node[1:]),
+                            rest.SerializeToString()))
+    top = onnx.ModelProto()
+    top.CopyFrom(model)
+    top.ClearField("graph")
+    return top.SerializeToString() + _length_delimited(7, graph_bytes)
+
+
+@pytest.mark.parametrize("layout", ["one run of nodes", "nodes split by another field"])
+def test_added_nodes_and_outputs_and_long_nodes(tmp_path, layout):
+    """Nodes and outputs added by the caller land in the file; a node longer than 16 KiB (a
+    three-byte length) is read and written; nodes need not be one run of fields."""
+    model = _model()
+    model.graph.node[0].doc_string = "d" * 20000
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString() if layout == "one run of nodes" else _interleaved(model))
+    expected = onnx.load(path)
+    splice = NodeSplice(path)
+    for node in [*splice.graph.node, *expected.graph.node]:
+        write_tag(node, "lin", "/M/Linear")
+    for graph, outputs in ((splice.graph, splice.added_outputs), (expected.graph, expected.graph.output)):
+        graph.node.append(helper.make_node("Identity", ["y"], ["z"], name="alias"))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 64]))
+    splice.write()
+    written = onnx.load(path)
+    assert written == expected
+    onnx.checker.check_model(written, full_check=True)

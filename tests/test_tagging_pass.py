@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import onnx
+import pytest
 import torch
 from onnx import TensorProto, helper
 
@@ -249,3 +250,77 @@ def test_passes_share_one_shape_and_compose():
     assert [r.modified for r in results] == [False, True]
     assert [t.module_path for t in read_tags(rewritten)] == ["layers.1.dense", "model.dense"]
     assert results[1].by_name == 2
+
+
+# -- folded BatchNorm: only on evidence (issue 23, item 10) -----------------------------------
+class StandardisedConv(torch.nn.Conv2d):
+    """Weight standardisation (BiT): the weight is computed from the parameter in forward, which
+    TorchScript's constant folding turns into a new initializer, as it does for a folded BatchNorm."""
+
+    def forward(self, x):
+        w = self.weight
+        return torch.nn.functional.conv2d(x, (w - w.mean()) / (w.std() + 1e-5), self.bias)
+
+
+class ConvBlock(torch.nn.Module):
+    def __init__(self, call_batch_norm: bool, conv: torch.nn.Module):
+        super().__init__()
+        self.conv = conv
+        self.norm = torch.nn.BatchNorm2d(4)  # registered right after the Conv, as ResNet's are
+        self.act = torch.nn.ReLU()
+        self.call_batch_norm = call_batch_norm
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.call_batch_norm:
+            x = self.norm(x)
+        return self.act(x)
+
+
+class ConvNet(torch.nn.Module):
+    def __init__(self, call_batch_norm: bool, conv: torch.nn.Module):
+        super().__init__()
+        self.block = ConvBlock(call_batch_norm, conv)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def _export_conv_net(tmp_path, exporter: str, call_batch_norm: bool, conv: torch.nn.Module):
+    import modelexport
+
+    torch.manual_seed(0)
+    model = ConvNet(call_batch_norm, conv)
+    with torch.no_grad():  # statistics a fold would visibly change
+        model.block.norm.running_mean.uniform_(-1, 1)
+        model.block.norm.running_var.uniform_(0.5, 2)
+    path = tmp_path / f"{exporter}.onnx"
+    result = modelexport.export_module(model.eval(), (torch.randn(1, 3, 8, 8),), path, exporter=exporter)
+    report = result.files[0]
+    convs = [t.module_path for t in read_tags(path) if t.op_type == "Conv"]
+    return convs, report.coverage, report.warnings
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("conv", ["plain", "with_bias", "standardised"])
+def test_a_conv_before_a_batch_norm_that_never_ran_keeps_its_module(tmp_path, exporter, conv):
+    """The BatchNorm after the Conv is never called: nothing was folded, the Conv node is the
+    Conv's alone (it was tagged with the block, as partial, with a folding warning)."""
+    module = {"plain": lambda: torch.nn.Conv2d(3, 4, 3, bias=False),
+              "with_bias": lambda: torch.nn.Conv2d(3, 4, 3),
+              "standardised": lambda: StandardisedConv(3, 4, 3, bias=False)}[conv]()
+    convs, coverage, warnings = _export_conv_net(tmp_path, exporter, False, module)
+    assert convs == ["block.conv"]
+    assert coverage["folded_batch_norm"] == 0 and coverage["partial_scope"] == 0
+    assert not any("BatchNorm" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_batch_norm_folded_into_the_conv_tags_the_module_holding_both(tmp_path, exporter):
+    """Eval mode: both exporters fold the BatchNorm into the Conv (TorchScript keeps the Conv's
+    scope and writes a new weight and bias; torch.export's optimizer keeps the BatchNorm's scope
+    and says so on the node): one node computes both, so it gets their parent, as partial."""
+    convs, coverage, warnings = _export_conv_net(tmp_path, exporter, True, torch.nn.Conv2d(3, 4, 3, bias=False))
+    assert convs == ["block"]
+    assert coverage["folded_batch_norm"] == 1 and coverage["partial_scope"] == 1
+    assert any("BatchNorm the exporter folded" in w for w in warnings), warnings

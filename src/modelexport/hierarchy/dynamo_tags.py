@@ -3,25 +3,24 @@ stack on every node itself (``pkg.torch.onnx.name_scopes``: the ``named_modules(
 to the traced module, of each module on the call stack, then the function), so the module is
 read, not reconstructed from node names.
 
-Only that first step differs from the TorchScript pass: the deepest scope that is a module of the
-tree (a tied module's other name maps to the name ``named_modules()`` keeps) is the node's
-module, refined by the parameters it reads like there (a parent reading a child's weight gives
-the node to the child). Everything after it is the same code: de-duplicated parameters'
-Identity nodes, unscoped nodes (shape nodes scoped ``_empty_nn_module_stack_from_metadata_hook``)
-inferred from neighbours, If nodes of merged decoders settled from their branches, the root
-last, all counted in the coverage report.
+Only that first step differs from the TorchScript pass (its two hooks, ``_scope_of_node`` and
+``_resolve_scope``): the deepest scope that is a module of the tree (a tied module's other name
+maps to the name ``named_modules()`` keeps) is the node's module, refined by the parameters it
+reads like there (a parent reading a child's weight gives the node to the child); the recorded
+text is parsed once per distinct stack, not per node. Everything after it is the same code:
+de-duplicated parameters' Identity nodes, unscoped nodes (shape nodes scoped
+``_empty_nn_module_stack_from_metadata_hook``) inferred from neighbours, If nodes of merged
+decoders settled from their branches, the root last, all counted in the coverage report.
 
 By default the exporter's ``stack_trace`` and ``fx_node`` entries, which hold absolute file
-paths and source text of the machine that exported, are dropped.
+paths and source text of the machine that exported, are dropped (while the tags are written).
 """
 from __future__ import annotations
 
 import ast
 
-import onnx
-
 from modelexport.hierarchy.module_tree import ModuleTree
-from modelexport.hierarchy.tagging import Coverage, TaggingPass, TaggingResult
+from modelexport.hierarchy.tagging import Resolution, TaggingPass, TaggingResult
 from modelexport.hierarchy.tags import iter_nodes, text
 
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
@@ -36,14 +35,32 @@ def name_scopes(node) -> list[str]:
     ``F.layer_norm`` call of any module (Whisper's encoder did). It is dropped here."""
     for prop in node.metadata_props:
         if text(prop.key) == NAME_SCOPES_KEY:
-            try:
-                value = ast.literal_eval(text(prop.value))
-            except (ValueError, SyntaxError):
-                return []
-            if not isinstance(value, (list, tuple)):
-                return []
-            return [s for s in value[:-1] if isinstance(s, str)]
+            return _parse_scopes(text(prop.value))
     return []
+
+
+def _parse_scopes(value: str) -> list[str]:
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return []
+    if not isinstance(parsed, (list, tuple)):
+        return []
+    return [s for s in parsed[:-1] if isinstance(s, str)]
+
+
+def _split_last(value: str) -> str | None:
+    """``value`` less its last element when it is a list whose last element is a plain quoted
+    string (``"['', 'bert', 'linear_3']"`` -> ``"['', 'bert'"``), else None. The last element is
+    the FX node's name, different on every node; what is left repeats, so it is the cache key."""
+    cut = value.rfind(", ")
+    if cut <= 0 or value[:1] != "[" or value[-1:] != "]":
+        return None
+    last = value[cut + 2:-1]
+    if len(last) < 2 or last[0] not in "'\"" or last[-1] != last[0] or last[0] in last[1:-1] \
+            or "\\" in last or not last[1:-1].isprintable():
+        return None
+    return value[:cut]
 
 
 class DynamoTaggingPass(TaggingPass):
@@ -56,6 +73,10 @@ class DynamoTaggingPass(TaggingPass):
         super().__init__(tree, root_path)
         self.keep_source_info = keep_source_info
         self.scope_prefix = scope_prefix
+        # removed while the tags are written, in the same visit of each node's metadata
+        self._drop_keys = frozenset() if keep_source_info else frozenset(SOURCE_INFO_KEYS)
+        self._by_head: dict[str, Resolution | None] = {}  # name_scopes less its last element -> module
+        self._by_path: dict[str, Resolution] = {}
 
     def _relative(self, scope: str) -> str | None:
         """The scope relative to the traced module of the model; None for one outside it."""
@@ -71,7 +92,9 @@ class DynamoTaggingPass(TaggingPass):
         """The deepest module of the tree on the node's recorded call stack. A node whose deepest
         scope is the traced root itself (mask and position arithmetic of the model's own forward)
         belongs to the root: it is the root's code, not a child's."""
-        stack = name_scopes(node)
+        return self._module_of_stack(name_scopes(node))
+
+    def _module_of_stack(self, stack: list[str]) -> str | None:
         for scope in reversed(stack):
             relative = self._relative(scope)
             if relative is None:
@@ -82,26 +105,36 @@ class DynamoTaggingPass(TaggingPass):
                 return path
         return None
 
-    def _scoped(self, nodes, coverage: Coverage) -> list[str | None]:
-        assigned: list[str | None] = [None] * len(nodes)
-        for i, node in enumerate(nodes):
-            path = self.module_of(node)
-            if path is None:
-                # A de-duplicated parameter's Identity (no scope) belongs to the parameter it outputs.
-                owner = next((o for o in map(self.resolver.owner_of, node.output) if o), None) \
-                    if node.op_type == "Identity" else None
-                if owner is not None and self.tree.contains(self.root_path, owner):
-                    assigned[i] = owner
-                    coverage.direct += 1
-                continue
-            coverage.direct += 1
-            assigned[i] = self._refine_by_parameters(node, path, coverage)
-        return assigned
+    def _resolution(self, stack: list[str]) -> Resolution | None:
+        path = self._module_of_stack(stack)
+        if path is None:
+            return None
+        hit = self._by_path.get(path)
+        if hit is None:
+            hit = self._by_path[path] = Resolution((path,), True)
+        return hit
+
+    # The two hooks of the TorchScript pass: the scope key is the recorded name_scopes text.
+    def _scope_of_node(self, node) -> str | None:
+        for prop in node.metadata_props:
+            if prop.key == NAME_SCOPES_KEY:
+                return text(prop.value)
+        return None
+
+    def _resolve_scope(self, value: str) -> Resolution | None:
+        head = _split_last(value)
+        if head is None:
+            return self._resolution(_parse_scopes(value))
+        try:
+            return self._by_head[head]
+        except KeyError:
+            pass
+        hit = self._by_head[head] = self._resolution(_parse_scopes(head + ", '']"))
+        return hit
 
     def __call__(self, model) -> TaggingResult:
         result = super().__call__(model)
-        result.source_info_removed = 0 if self.keep_source_info else \
-            drop_source_info(model.graph if isinstance(model, onnx.ModelProto) else model)
+        result.source_info_removed = 0 if self.keep_source_info else self._removed
         return result
 
 

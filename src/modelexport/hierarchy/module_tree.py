@@ -72,6 +72,7 @@ class ModuleTree:
                 self._by_scope_name.setdefault(name, []).append(path)
                 self._by_prefix[(path[: -len(name)].rstrip("."), name)] = path
         self._ancestor_cache: dict[str, tuple[str, ...]] = {}
+        self._batch_norm_pairs: list[tuple[str, str]] | None = None
 
     @classmethod
     def from_module(cls, root) -> "ModuleTree":
@@ -167,6 +168,21 @@ class ModuleTree:
     def contains(ancestor: str, path: str) -> bool:
         """``path`` is ``ancestor`` or below it ("" contains everything)."""
         return not ancestor or path == ancestor or path.startswith(ancestor + ".")
+
+    def conv_batch_norm_pairs(self) -> list[tuple[str, str]]:
+        """(the sibling registered just before it, the BatchNorm) for every module whose class name
+        holds ``BatchNorm``: the pairs an exporter may fold into one Conv node (tree order)."""
+        if self._batch_norm_pairs is None:
+            pairs = []
+            for path, info in self.modules.items():
+                if "BatchNorm" not in info.class_name or info.parent is None:
+                    continue
+                siblings = self.modules[info.parent].children
+                position = siblings.index(path)
+                if position:
+                    pairs.append((siblings[position - 1], path))
+            self._batch_norm_pairs = pairs
+        return self._batch_norm_pairs
 
     def scope_candidates(self, current: str, scope_name: str, root: str = "") -> list[str]:
         """The modules a scope component can name, below ``current``; more than one is an

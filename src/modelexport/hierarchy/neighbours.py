@@ -35,17 +35,29 @@ def infer_from_neighbours(nodes: Sequence, assigned: list[str | None],
     # more (and grow worse than linearly, from cache misses) than the inference itself.
     producer, consumers = tensor_index(nodes, {name for i in unknown for name in nodes[i].input if name},
                                        {name for i in unknown for name in nodes[i].output if name})
+    return fill_from_neighbours(unknown, assigned, lambda i: nodes[i].output, lambda i: nodes[i].input,
+                                consumers, lambda wanted: producer, common)
+
+
+def fill_from_neighbours(unknown: list[int], assigned: list[str | None], outputs_of: Callable[[int], Sequence[str]],
+                         inputs_of: Callable[[int], Sequence[str]], consumers: dict[str, list[int]],
+                         producers: Callable[[set[str]], dict[str, int]], common: Callable[[list[str]], str]) -> int:
+    """The rule itself, on maps the caller already has: each node of ``unknown`` (in order) gets
+    the common module of the nodes consuming its outputs, walking backwards so that chains
+    resolve; those still unknown, of the nodes producing their inputs (``producers(names)``, asked
+    only when some are left). Returns how many were filled."""
     filled = 0
     for i in reversed(unknown):
-        found = [assigned[c] for name in nodes[i].output for c in consumers.get(name, ()) if assigned[c] is not None]
+        found = [assigned[c] for name in outputs_of(i) for c in consumers.get(name, ()) if assigned[c] is not None]
         if found:
             assigned[i] = common(found)
             filled += 1
-    for i in unknown:
-        if assigned[i] is not None:
-            continue
-        found = [assigned[producer[x]] for x in nodes[i].input if x in producer and assigned[producer[x]] is not None]
-        if found:
-            assigned[i] = common(found)
-            filled += 1
+    left = [i for i in unknown if assigned[i] is None]
+    if left:
+        producer = producers({name for i in left for name in inputs_of(i) if name})
+        for i in left:
+            found = [assigned[producer[x]] for x in inputs_of(i) if x in producer and assigned[producer[x]] is not None]
+            if found:
+                assigned[i] = common(found)
+                filled += 1
     return filled

@@ -6,6 +6,11 @@ module walks the protobuf wire format of ``ModelProto`` down to ``GraphProto.nod
 field 7), parses just those small messages, and writes the file back with every other byte
 range — initializers included — copied as it was. The result is a valid serialisation of the
 same ``ModelProto`` with the new nodes (protobuf allows fields in any order; we keep the order).
+
+The nodes of a file are one run of consecutive fields (every serializer writes field 1 first):
+the run is found with a tight loop over node lengths, parsed in one ``FromString`` and written
+back in one ``SerializeToString`` of the node-only graph, with nodes added by the caller at its
+end. Nodes interleaved with other fields are handled field by field.
 """
 from __future__ import annotations
 
@@ -77,6 +82,44 @@ def _length_delimited(number: int, payload: bytes) -> bytes:
     return _encode_varint((number << 3) | _LEN) + _encode_varint(len(payload)) + payload
 
 
+_NODE_KEY = (_GRAPH_NODE_FIELD << 3) | _LEN  # 0x0a
+
+
+def _node_run(buf, pos: int, end: int) -> tuple[int, int]:
+    """From a node field at ``pos``: the end of the run of consecutive node fields, and how many."""
+    count = 0
+    while pos < end and buf[pos] == _NODE_KEY:
+        b = buf[pos + 1] if pos + 1 < end else 0x80
+        if b < 0x80:  # lengths below 128 and 16384 in one or two bytes, else the general decoder
+            pos += 2 + b
+        elif pos + 2 < end and buf[pos + 2] < 0x80:
+            pos += 3 + ((b & 0x7F) | (buf[pos + 2] << 7))
+        else:
+            length, payload = _varint(buf, pos + 1)
+            pos = payload + length
+        count += 1
+    if pos > end:
+        raise ValueError("truncated protobuf field")
+    return pos, count
+
+
+def _graph_fields(buf, start: int, end: int) -> list[tuple[int, int, int, int, int]]:
+    """The graph's fields as ``_fields`` gives them, except that each run of consecutive node
+    fields is one entry ``(1, 2, run start, -count, run end)``."""
+    fields = []
+    pos = start
+    while pos < end:
+        if buf[pos] == _NODE_KEY:
+            run_end, count = _node_run(buf, pos, end)
+            fields.append((_GRAPH_NODE_FIELD, _LEN, pos, -count, run_end))
+            pos = run_end
+            continue
+        field = next(_fields(buf, pos, end))
+        fields.append(field)
+        pos = field[4]
+    return fields
+
+
 class NodeSplice:
     """The nodes of one ONNX file, editable, and a way to write them back cheaply."""
 
@@ -98,7 +141,7 @@ class NodeSplice:
                 if len(graphs) != 1:
                     raise ValueError(f"{path}: expected one graph, found {len(graphs)}")
                 _, _, self._graph_field_start, self._graph_start, self._graph_end = graphs[0]
-                self._graph_fields = list(_fields(buf, self._graph_start, self._graph_end))
+                self._graph_fields = _graph_fields(self._mmap, self._graph_start, self._graph_end)
                 node_bytes = b"".join(
                     buf[f[2]:f[4]] for f in self._graph_fields if f[0] == _GRAPH_NODE_FIELD and f[1] == _LEN)
         except BaseException:
@@ -121,17 +164,30 @@ class NodeSplice:
     def write(self, path: Path | None = None) -> None:
         """Write the file with the (edited) nodes in place of the original ones."""
         target = Path(path) if path is not None else self.path
-        nodes = iter(self.graph.node)
+        runs = [f for f in self._graph_fields if f[0] == _GRAPH_NODE_FIELD and f[1] == _LEN]
         # Each piece is new bytes, or an (offset, length) range of the original file.
         pieces: list[bytes | tuple[int, int]] = []
-        for number, wire, field_start, _, field_end in self._graph_fields:
-            if number == _GRAPH_NODE_FIELD and wire == _LEN:
-                pieces.append(_length_delimited(_GRAPH_NODE_FIELD, next(nodes).SerializeToString()))
-            elif pieces and isinstance(pieces[-1], tuple) and sum(pieces[-1]) == field_start:
-                pieces[-1] = (pieces[-1][0], field_end - pieces[-1][0])  # extend a contiguous range
-            else:
-                pieces.append((field_start, field_end - field_start))
-        pieces.extend(_length_delimited(_GRAPH_NODE_FIELD, n.SerializeToString()) for n in nodes)
+        if len(runs) <= 1 and [f.name for f, _ in self.graph.ListFields()] in ([], ["node"]):
+            # The usual file: all nodes in one run, which the node-only graph serialises to exactly
+            # (added nodes follow the others, as they do in the graph).
+            nodes_run = self.graph.SerializeToString()
+            for field in self._graph_fields:
+                if field[0] == _GRAPH_NODE_FIELD and field[1] == _LEN:
+                    pieces.append(nodes_run)
+                    nodes_run = b""
+                else:
+                    self._copy(pieces, field)
+            if nodes_run:  # a file without nodes, now with some
+                pieces.append(nodes_run)
+        else:
+            nodes = iter(self.graph.node)
+            for field in self._graph_fields:
+                if field[0] == _GRAPH_NODE_FIELD and field[1] == _LEN:
+                    pieces.extend(_length_delimited(_GRAPH_NODE_FIELD, next(nodes).SerializeToString())
+                                  for _ in range(-field[3]))
+                else:
+                    self._copy(pieces, field)
+            pieces.extend(_length_delimited(_GRAPH_NODE_FIELD, n.SerializeToString()) for n in nodes)
         pieces.extend(_length_delimited(_GRAPH_OUTPUT_FIELD, v.SerializeToString()) for v in self.added_outputs)
         graph_len = sum(len(p) if isinstance(p, bytes) else p[1] for p in pieces)
         graph_key = _encode_varint((_MODEL_GRAPH_FIELD << 3) | _LEN) + _encode_varint(graph_len)
@@ -151,6 +207,14 @@ class NodeSplice:
             raise
         finally:
             self.close()
+
+    @staticmethod
+    def _copy(pieces: list, field: tuple[int, int, int, int, int]) -> None:
+        field_start, field_end = field[2], field[4]
+        if pieces and isinstance(pieces[-1], tuple) and sum(pieces[-1]) == field_start:
+            pieces[-1] = (pieces[-1][0], field_end - pieces[-1][0])  # extend a contiguous range
+        else:
+            pieces.append((field_start, field_end - field_start))
 
     def close(self) -> None:
         if self._mmap is not None:

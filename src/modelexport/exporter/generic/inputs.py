@@ -333,9 +333,12 @@ class InputBuilder:
                       _config_value(self.config, "feature_projection_input_dim"), 80, 128):
             if isinstance(width, int) and width > 0 and width not in widths:
                 widths.append(width)
+        # short clips first: attention over frames grows with their square (Wav2Vec2-BERT's relative
+        # position tables at 2 x max_source_positions = 10,000 frames took 22 GB); Whisper-style
+        # encoders that require 2 x max_source_positions frames (3,000) are tried after
         sources = _config_value(self.config, "max_source_positions")
-        frame_counts = [2 * sources] if isinstance(sources, int) else []
-        frame_counts += [f for f in (200, 3000) if f not in frame_counts]
+        frame_counts = [200] + ([2 * sources] if isinstance(sources, int) and 2 * sources <= 3000 else []) + [3000]
+        frame_counts = list(dict.fromkeys(frame_counts))
         generator = torch.Generator().manual_seed(2)
         for frames in frame_counts:
             for width in widths:
