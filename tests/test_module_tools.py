@@ -66,7 +66,8 @@ def test_profile_depth_trace_and_inputs(tiny_bert_export, tmp_path, capsys):
 def test_profile_multi_file_folder(t5_export, capsys):
     code, doc = profile_json(capsys, t5_export, "--runs", "1", "--warmup", "0", "--seq-len", "4")
     doc = doc["files"]
-    assert code == 0 and "encoder_model.onnx" in doc and "decoder_model_merged.onnx" in doc
+    # Optimum's layout merges the decoders; the generic path's (transformers 5) keeps them apart
+    assert code == 0 and set(doc) == {p.name for p in t5_export.glob("*.onnx")} and "encoder_model.onnx" in doc
     assert all(sum(m["self_ms"] for m in f["modules"]) == pytest.approx(f["total_ms"]) for f in doc.values())
 
 
@@ -114,12 +115,11 @@ def test_extract_unknown_module_lists_close_matches(tiny_bert_export, tmp_path, 
 
 # -- optimize and quantize ---------------------------------------------------------------------
 def _logits(folder, tiny_bert_dir):
-    from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    batch = tok(["hello world, the cat runs fast!", "a tiny test sentence"], padding=True, return_tensors="pt")
-    return ORTModelForSequenceClassification.from_pretrained(folder)(**batch).logits.numpy()
+    batch = tok(["hello world, the cat runs fast!", "a tiny test sentence"], padding=True, return_tensors="np")
+    return modelexport.load(folder)(**batch)["logits"]  # ONNX Runtime alone: with or without Optimum
 
 
 def _one_value_per_key(model) -> bool:
@@ -200,10 +200,15 @@ def gpt2_export(tmp_path_factory):
     return out
 
 
+# ONNX Runtime's fusion patterns are written against the TorchScript exporter's op sequence: the
+# BERT expectations hold for Optimum's export (the dynamo-traced graph fuses no Attention).
+TORCHSCRIPT_GRAPH = pytest.mark.optimum
+
+
 @pytest.mark.parametrize("model, level, expected_ops", [
     ("bert", "O1", set()),
-    ("bert", "O2", {"Attention", "SkipLayerNormalization", "BiasGelu"}),
-    ("bert", "O3", {"Attention", "SkipLayerNormalization", "FastGelu"}),
+    pytest.param("bert", "O2", {"Attention", "SkipLayerNormalization", "BiasGelu"}, marks=TORCHSCRIPT_GRAPH),
+    pytest.param("bert", "O3", {"Attention", "SkipLayerNormalization", "FastGelu"}, marks=TORCHSCRIPT_GRAPH),
     ("gpt2", "O2", {"SkipLayerNormalization", "FastGelu"}),
 ])
 def test_fused_nodes_stay_in_their_layer(tiny_bert_export, gpt2_export, tmp_path, model, level, expected_ops):
@@ -248,6 +253,7 @@ def _float_ops_of(model_path, module: str) -> tuple[set[str], int]:
     return ops, nested
 
 
+@pytest.mark.optimum  # the If branches are those of Optimum's merged decoder
 def test_quantize_excludes_modules_across_files_and_if_branches(t5_export, tmp_path, capsys):
     out = tmp_path / "q"
     assert cli(["quantize", str(t5_export), "-o", str(out), "--exclude-modules", "encoder.block.1",

@@ -48,8 +48,13 @@ def run(args) -> int:
     except (OSError, ValueError):
         config = None
     modules = target.metadata.modules if target.metadata else None
-    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
-    default_seq_len = min(128, limit) if isinstance(limit, int) and limit > 0 else 128
+    from modelexport.runtime.dummy_inputs import position_limit
+
+    from modelexport.runtime.dummy_inputs import PAST_LENGTH
+
+    limit = position_limit(config if isinstance(config, dict) else None)
+    # a decoder's dummy past takes positions too: the new tokens come after it
+    default_seq_len = min(128, limit - PAST_LENGTH) if limit and limit > PAST_LENGTH else 128
     # Every file's inputs first: a refused input costs no profiling run.
     feeds = {f.name: feeds_for(target, f, args, default_seq_len=default_seq_len) for f in target.files}
     profiles = []

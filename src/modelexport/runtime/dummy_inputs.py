@@ -83,3 +83,16 @@ def make_inputs(source, config: dict | None = None, batch: int = 1,
         else:
             feed[name] = rng.standard_normal(shape).astype(dtype)
     return feed
+
+
+POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_target_positions")
+
+
+def position_limit(config: dict | None) -> int | None:
+    """The longest token sequence the model's position tables hold (the shortest limit its config
+    names, a decoder's included: Whisper's max_target_positions), or None."""
+    limits = []
+    for scope in (config or {}, (config or {}).get("text_config") or {}, (config or {}).get("decoder") or {}):
+        if isinstance(scope, dict):
+            limits += [v for k, v in scope.items() if k in POSITION_LIMIT_KEYS and isinstance(v, int) and v > 0]
+    return min(limits) if limits else None

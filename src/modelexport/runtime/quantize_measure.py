@@ -57,8 +57,10 @@ def folder_config(folder: Path) -> dict:
 
 def typical_sequence(config: dict) -> int:
     """128 for text, or the model's position limit when that is shorter (tiny test models)."""
-    limit = config.get("max_position_embeddings") or config.get("n_positions") or config.get("n_ctx")
-    if isinstance(limit, int) and 0 < limit < TYPICAL_TEXT_LENGTH:
+    from modelexport.runtime.dummy_inputs import position_limit
+
+    limit = position_limit(config)
+    if limit and limit < TYPICAL_TEXT_LENGTH:
         return limit
     return TYPICAL_TEXT_LENGTH
 
