@@ -145,3 +145,23 @@ def test_untagged_folder_is_said_and_module_options_refused(plain_optimum_export
         line = one_error_line(run_cli("quantize", plain_optimum_export, "-o", tmp_path / "y", "--target-cosine",
                                       "0.99"))
         assert "tags" in line or "modelexport_metadata" in line
+
+
+def test_exporting_a_loaded_model_leaves_its_configs_as_they_were(tmp_path):
+    """Optimum's export of a T5 leaves ``use_cache=True`` in the encoder's config, after which the
+    caller's own ``generate`` fails ("`use_cache` can only be set to `True` if T5Stack is used as a
+    decoder"): the export gives every config back as it found it."""
+    import torch
+    from transformers import T5ForConditionalGeneration
+
+    import modelexport
+    from modelexport.testing.tiny_models import BY_NAME
+
+    BY_NAME["t5"].build(tmp_path / "t5")
+    model = T5ForConditionalGeneration.from_pretrained(tmp_path / "t5").eval()
+    before = {name: dict(vars(m.config)) for name, m in model.named_modules() if hasattr(m, "config")}
+    modelexport.export(model, tmp_path / "out", task="text2text-generation-with-past")
+    after = {name: dict(vars(m.config)) for name, m in model.named_modules() if hasattr(m, "config")}
+    assert after == before
+    ids = torch.tensor([[5, 6, 7, 1]])
+    assert model.generate(input_ids=ids, max_new_tokens=3, do_sample=False).shape == (1, 4)

@@ -75,6 +75,7 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
     from modelexport.folder import side_files
     from modelexport.folder.metadata import METADATA_FILE, module_table, tool_versions, write_metadata
     from modelexport.folder.staging import check_output_dir, recover_leftovers, staged_output_dir
+    from modelexport.exporter.model_state import ConfigSnapshot
     from modelexport.hierarchy.module_tree import ModuleTree
 
     started = time.perf_counter()
@@ -105,7 +106,10 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
 
             check_against_config(static_shapes, getattr(loaded, "config", config))
 
-    with staged_output_dir(output_dir, force, sources) as staging:
+    # Optimum's export changes the configs it is given (T5's encoder is left with use_cache=True,
+    # which its generate then refuses): a caller's model gets its own back, whatever happens
+    configs = ConfigSnapshot(loaded)
+    with staged_output_dir(output_dir, force, sources) as staging, configs.restored_after():
         if exporter == "generic":
             path = _generic_path(loaded, source, staging, opset, phases, trust_remote_code, static_shapes)
         else:
@@ -117,6 +121,7 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
                 # auto: where Optimum's own export fails, the path without its config is tried on
                 # the same loaded model, and the metadata says why
                 _empty(staging)
+                configs.restore()  # as the caller gave them, not as Optimum's export left them
                 exporter, why = "generic", f"Optimum's export failed ({str(e)[:200]}): exported without its config"
                 path = _generic_path(loaded, source, staging, opset, phases, trust_remote_code, static_shapes)
 

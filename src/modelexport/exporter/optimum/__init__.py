@@ -15,8 +15,12 @@ INSTALL_HINT = "pip install 'modelexport[optimum]' (optimum-onnx 0.1 requires tr
 @lru_cache(maxsize=None)
 def unavailable_reason() -> str | None:
     """None when Optimum's exporter can be used here, else why not, in words."""
-    if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.exporters") is None \
-            or importlib.util.find_spec("optimum.onnxruntime") is None:
+    try:  # find_spec of a submodule imports its parent, which may fail as any import can
+        found = all(importlib.util.find_spec(name) is not None
+                    for name in ("optimum", "optimum.exporters", "optimum.onnxruntime"))
+    except ImportError:
+        found = False
+    if not found:
         return f"Optimum (optimum-onnx) is not installed: {INSTALL_HINT}"
     from importlib import metadata
 
