@@ -307,7 +307,7 @@ def _generic_source_of_loaded(model, task: str):
 def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter: str, phases) -> PathOutput:
     from modelexport.exporter.optimum.bridge import export_with_optimum
     from modelexport.exporter.optimum.ort_class import ort_model_class_name
-    from modelexport.exporter.optimum.validation import merge_validations, validate_file
+    from modelexport.exporter.optimum.validation import merge_validations, validate_file, validation_session
 
     trace = "torch.export" if exporter == "dynamo" else "TorchScript trace"
     with phases("export", f"Exporting with Optimum ({trace})"):
@@ -321,10 +321,14 @@ def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter:
 
     def validate() -> dict:
         by_file: dict[str, list] = {}
+        sessions: dict[str, object] = {}
         for target in exported.validations:
+            if target.file not in sessions:
+                sessions[target.file] = validation_session(staging / target.file)
             by_file.setdefault(target.file, []).append(
                 (target.label, validate_file(staging / target.file, target.submodel, target.onnx_config,
-                                             output_names=target.output_names, input_shapes=static_shapes)))
+                                             output_names=target.output_names, input_shapes=static_shapes,
+                                             session=sessions[target.file])))
         return {name: merge_validations(results) for name, results in by_file.items()}
 
     return PathOutput(files, validate, ort_model_class_name(source.task, source.library, getattr(loaded, "config", None)))

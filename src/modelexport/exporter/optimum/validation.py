@@ -52,9 +52,19 @@ def _flatten(onnx_config, name: str, value, into: dict) -> None:
         into[name] = value
 
 
-def validate_file(onnx_path: Path, submodel, onnx_config, atol: float | None = None,
-                  output_names: list[str] | None = None, input_shapes: dict | None = None) -> FileValidation:
+def validation_session(onnx_path: Path):
+    """The ONNX Runtime session validation runs a file in (one per file: a merged decoder's two
+    branches are validated in the same session)."""
     import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def validate_file(onnx_path: Path, submodel, onnx_config, atol: float | None = None,
+                  output_names: list[str] | None = None, input_shapes: dict | None = None,
+                  session=None) -> FileValidation:
     import torch
 
     if atol is None:
@@ -74,9 +84,7 @@ def validate_file(onnx_path: Path, submodel, onnx_config, atol: float | None = N
             name = "present"
         _flatten(onnx_config, onnx_config.torch_to_onnx_output_map.get(name, name), value, expected)
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = session or validation_session(onnx_path)
     input_names = [i.name for i in session.get_inputs()]
     feed_torch: dict = {}
     for name, value in onnx_config.generate_dummy_inputs_for_validation(inputs, input_names).items():
