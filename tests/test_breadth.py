@@ -41,6 +41,9 @@ WITHOUT_OPTIMUM_CONFIG = {
     "wav2vec2-bert": {"partial_max": 0},
     # a recurrent (linear-attention) decoder whose state is not a KV cache: exported without it
     "rwkv": {"partial_max": 0},
+    # a layer adding its attention's bias itself (``+ self.attention.dense_bias``): the node is the
+    # attention's, found by the parameter read through the wrapper's ``model.`` prefix (was the layer)
+    "gpt_neox_japanese": {"partial_max": 0},
 }
 SUBSET = {**WITH_OPTIMUM_CONFIG, **WITHOUT_OPTIMUM_CONFIG}
 

@@ -133,6 +133,12 @@ class DynamoTaggingPass(TaggingPass):
         return hit
 
     def __call__(self, model) -> TaggingResult:
+        if self._owners is None and self.scope_prefix:
+            # A traced wrapper holds the model as ``scope_prefix``: its initializers are named
+            # ``model.embed_positions.weight``. Without these names no parameter read would be
+            # found, and a parent reading a child's weight would keep the parent (or the root).
+            owners = self.resolver.owner_map()
+            self._owners = {**owners, **{f"{self.scope_prefix}.{name}": owner for name, owner in owners.items()}}
         result = super().__call__(model)
         result.source_info_removed = 0 if self.keep_source_info else self._removed
         return result
