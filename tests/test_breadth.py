@@ -44,6 +44,9 @@ WITHOUT_OPTIMUM_CONFIG = {
     # a layer adding its attention's bias itself (``+ self.attention.dense_bias``): the node is the
     # attention's, found by the parameter read through the wrapper's ``model.`` prefix (was the layer)
     "gpt_neox_japanese": {"partial_max": 0},
+    # a decoder whose forward changes its position_ids input in place (``+= self.offset``): the
+    # validation feeds ONNX Runtime a copy taken before PyTorch runs (was: 0.42 above tolerance)
+    "xglm": {"partial_max": 0, "generates": True},
 }
 SUBSET = {**WITH_OPTIMUM_CONFIG, **WITHOUT_OPTIMUM_CONFIG}
 

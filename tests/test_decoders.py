@@ -229,3 +229,27 @@ def test_extract_follows_what_if_branches_read_from_outside(t5_text_export, tmp_
     (feed,), _ = feeds_for(target, f, Args(text=[TEXTS[0]]))
     expected = new_session(f.path).run(["logits"], feed)[0]
     np.testing.assert_allclose(new_session(out).run(["logits"], feed)[0], expected, atol=1e-6)
+
+
+def test_optimize_on_a_merged_decoder_folder_generates_the_same_tokens(t5_export, tmp_path):
+    """ONNX Runtime's optimizer empties Optimum's merged decoder (its If node is dropped, and the
+    checker then failed: an internal error). Where the folder also holds the two decoders it was
+    merged from, those are optimized and the merged one is left out; the folder validates and
+    generates the tokens the source folder generates."""
+    import modelexport
+    from modelexport.runtime.transform import optimize_folder
+
+    notes = []
+    optimize_folder(t5_export, tmp_path / "opt", on_untagged=notes.append)
+    names = sorted(p.name for p in (tmp_path / "opt").glob("*.onnx"))
+    merged = (t5_export / "decoder_model_merged.onnx").exists()
+    if merged:
+        assert names == ["decoder_model.onnx", "decoder_with_past_model.onnx", "encoder_model.onnx"]
+        assert any("decoder_model_merged.onnx left out" in n for n in notes), notes
+    meta = json.loads((tmp_path / "opt" / "modelexport_metadata.json").read_text())
+    assert sorted(meta["files"]) == names
+    assert cli(["validate", str(tmp_path / "opt")]) == 0
+    ids = np.array([[5, 6, 7, 8, 1]])
+    expected = modelexport.load(t5_export).generate(ids, max_new_tokens=6)
+    got = modelexport.load(tmp_path / "opt").generate(ids, max_new_tokens=6)
+    assert np.array_equal(np.asarray(got), np.asarray(expected))

@@ -95,6 +95,8 @@ def derive_metadata(source: Path, output_dir: Path, step: dict, files: dict[str,
     entries = document.setdefault("files", {})
     for name, entry in files.items():
         entries.setdefault(name, {}).update(entry)
+    for name in [n for n in entries if n not in files and not (Path(output_dir) / n).is_file()]:
+        del entries[name]  # a file the step left out (optimize: a merged decoder)
     return _write_document(Path(output_dir) / METADATA_FILE, document)
 
 

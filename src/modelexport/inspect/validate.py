@@ -30,11 +30,14 @@ class Check:
 def _checker(f) -> Check:
     import onnx
 
+    from modelexport.inspect.checker import check_file
+
     try:
-        onnx.checker.check_model(str(f.path), full_check=True)
+        ort_ops = check_file(f.path, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as e:
         return Check("onnx checker (full)", FAIL, str(e).strip().splitlines()[0][:300], f.name)
-    return Check("onnx checker (full)", PASS, "", f.name)
+    detail = f"{', '.join(ort_ops)}: ONNX Runtime's op in the ONNX domain, checked as its contrib op" if ort_ops else ""
+    return Check("onnx checker (full)", PASS, detail, f.name)
 
 
 def _tags(f, meta) -> list[Check]:

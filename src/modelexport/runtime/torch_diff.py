@@ -118,21 +118,23 @@ def torch_inputs(model, library: str, feed: dict):
     PyTorch model the inputs of ``feed``; a past becomes the model's cache."""
     import torch
 
+    # copies, not views of the feed ONNX Runtime also reads: a forward may change an input in
+    # place (XGLM's ``position_ids += self.offset``)
     if library == "sentence_transformers":
-        return {k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()}
+        return {k: torch.from_numpy(np.array(v)) for k, v in feed.items()}
     accepted = inspect.signature(model.forward).parameters
     kwargs, past = {}, {}
     for name, value in feed.items():
         m = _PAST.match(name)
         if m:
-            past[(int(m.group(1)), m.group(2) or "", m.group(3))] = torch.from_numpy(np.asarray(value))
+            past[(int(m.group(1)), m.group(2) or "", m.group(3))] = torch.from_numpy(np.array(value))
             continue
         if name == "use_cache_branch":
             continue  # the merged decoder's switch: the model decides from its cache
         if name not in accepted:
             raise ModelExportError(f"the PyTorch model's forward takes no input {name!r}, which the ONNX file "
                                    "takes: the two cannot be run on the same inputs")
-        kwargs[name] = torch.from_numpy(np.asarray(value))
+        kwargs[name] = torch.from_numpy(np.array(value))
     if past:
         from modelexport.exporter.generic.wrappers import cache_argument, filled_cache
 

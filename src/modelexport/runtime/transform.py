@@ -107,6 +107,7 @@ def _restore_all(src: Path, staging: Path, names: list[str], modules,
 
     from modelexport.hierarchy.fingerprint import graph_fingerprint
     from modelexport.hierarchy.restore import restore_tags
+    from modelexport.inspect.checker import check_file
 
     results = {}
     for name in names:
@@ -117,7 +118,7 @@ def _restore_all(src: Path, staging: Path, names: list[str], modules,
         if added is not None:
             added[name] = added_ops(original.graph, rewritten.graph)
         onnx.save(rewritten, str(rewritten_path))
-        onnx.checker.check_model(str(rewritten_path), full_check=False)
+        check_file(rewritten_path)
         counts.graph_sha256 = graph_fingerprint(rewritten.graph)
         results[name] = counts
     return results
@@ -284,6 +285,11 @@ def optimize_folder(src, out, level: str = "O2", force: bool = False, on_untagge
     tagged = is_tagged(src, names)
     if not tagged and on_untagged is not None:
         on_untagged(untagged_note(src, "optimized"))
+    names, left_out = _merged_decoders_left_out(src, names)
+    if left_out and on_untagged is not None:
+        on_untagged(f"{', '.join(left_out)} left out: ONNX Runtime's optimizer drops a merged decoder's If "
+                    "node (Optimum's ORTOptimizer refuses merged decoders too); the optimized "
+                    "decoder_model.onnx and decoder_with_past_model.onnx load in its place")
     with staged_output_dir(out, force, [src]) as staging, tempfile.TemporaryDirectory(dir=staging) as prepared:
         readable = _bare_gemms_given_a_bias(src, names, Path(prepared))
         for name in names:
@@ -301,11 +307,28 @@ def optimize_folder(src, out, level: str = "O2", force: bool = False, on_untagge
                                                        "settings": {**OPTIMIZATION_LEVELS[level],
                                                                     "ort_model_type": ort_model_type(config, level),
                                                                     "num_heads_hidden_size": attention_shape(config)},
-                                                       "fused_ops": fused}, files)
+                                                       "fused_ops": fused, "left_out": left_out}, files)
         else:
             fused = _fused_only(src, staging, names)
         check_derived_folder(staging, "optimized", tagged)
     return TransformResult(out, summaries, added_ops=fused, tagged=tagged)
+
+
+def _merged_decoders_left_out(src: Path, names: list[str]) -> tuple[list[str], list[str]]:
+    """(files to optimize, merged decoders left out). ONNX Runtime's optimizer removes the top-level
+    If node of Optimum's merged decoder (the graph comes back empty); where the two decoders it was
+    merged from are in the folder, they are optimized and the merged one is left out. A merged
+    decoder alone is refused."""
+    merged = [n for n in names if n.endswith("_merged.onnx")]
+    left_out = []
+    for name in merged:
+        stem = name[:-len("_merged.onnx")]
+        if f"{stem}.onnx" in names and f"{stem.replace('_model', '')}_with_past_model.onnx" in names:
+            left_out.append(name)
+        else:
+            raise ModelExportError(f"ONNX Runtime's optimizer cannot optimize {name}, a merged decoder (it drops the "
+                                   "If node), and the two decoders it was merged from are not in the folder")
+    return [n for n in names if n not in left_out], left_out
 
 
 def _fused_only(src: Path, staging: Path, names: list[str]) -> dict[str, dict[str, int]]:

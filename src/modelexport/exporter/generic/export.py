@@ -375,9 +375,11 @@ def validate_files(plan: Plan, model, staging: Path) -> dict[str, dict]:
             if misfit:
                 report["not_checked"].append({k: list(v.shape) for k, v in example.inputs.items()})
                 continue
+            # ONNX Runtime's feed copied before PyTorch runs, and PyTorch given clones: a forward
+            # may change an input in place (XGLM's positions: ``position_ids += self.offset``)
+            feed = {k: v.numpy().copy() for k, v in example.inputs.items()}
             with torch.no_grad():
-                reference = planned.module(dict(example.inputs))
-            feed = {k: v.numpy() for k, v in example.inputs.items()}
+                reference = planned.module({k: v.clone() for k, v in example.inputs.items()})
             report["checked_shapes"].append({k: list(v.shape) for k, v in example.inputs.items()})
             try:
                 got = session.run(names, feed)
