@@ -329,7 +329,10 @@ def section_markdown(section: str, data: dict) -> list[str]:
     lines = [f"## {SECTIONS[section]}", "",
              f"Run on {run.get('date')} ({run.get('cpus')} cores shared with other work, {run.get('jobs')} jobs, "
              f"timeout {run.get('timeout')} s per type; {versions}); wall clock {run.get('seconds', 0) / 60:.0f} min "
-             f"for {len(rows)} types. Raw rows: `benchmarks/results/breadth-{section}.json`.", ""]
+             f"for {len(rows)} types. Raw rows: `benchmarks/results/breadth-{section}.json`."
+             + (f" Then {len(run['updated'])} types re-run with later code (`--update`, "
+                f"{run.get('update_seconds', 0) / 60:.0f} min): {', '.join(run['updated'])}."
+                if run.get("updated") else ""), ""]
     lines += ["### The ten most common reasons (first failure of each row)", ""]
     lines += top_reasons(rows, first_problem)
     lines += ["", "### Why modelexport is not clean, where PyTorch's forward runs", ""]
