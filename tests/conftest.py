@@ -14,6 +14,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The interrupt tests send real SIGINTs. A suite started in the background by a shell without job
+# control (`make test &`, `nohup`) inherits SIGINT ignored, and so would every command it starts:
+# the tests then saw exports finish instead of being interrupted. Python's own handler is put back
+# here, so this process and its children (exec resets handled signals to the default) get it.
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 from modelexport.testing.tiny_models import wordpiece_tokenizer as build_wordpiece_tokenizer  # noqa: E402
 
 
