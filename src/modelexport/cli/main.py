@@ -57,6 +57,8 @@ def _raise_on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _PROGRAM
+    _PROGRAM = argv is None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -114,13 +116,28 @@ def main(argv: list[str] | None = None) -> int:
 INTERNAL_ERROR = 2
 
 
+_PROGRAM = False  # main() runs as the `modelexport` process (not called by a caller in-process)
+
+
+def _handled() -> None:
+    """The interrupt is handled and the exit code decided: a signal still pending (or a second
+    Ctrl-C) must not turn the exit into an unhandled KeyboardInterrupt, which Python ends by
+    killing itself with SIGINT (-2 instead of 130). Only for the process itself: a caller of
+    ``main([...])`` keeps its own handlers."""
+    if _PROGRAM and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _interrupted() -> int:
+    _handled()
     print("modelexport: interrupted; nothing was written and existing files were left as they were",
           file=sys.stderr)
     return 130
 
 
 def _terminated() -> int:
+    _handled()
     print("modelexport: terminated; nothing was written and existing files were left as they were",
           file=sys.stderr)
     return 143
