@@ -149,16 +149,23 @@ def _check_selection(args, files) -> None:
     check_pattern_matches(args.pattern, known, "--filter")
 
 
-def _select(rows, args):
+def _within_depth_and_pattern(rows, args):
+    """The rows --depth and --filter keep (module diffs and PyTorch diffs alike)."""
     import fnmatch
 
     from modelexport.hierarchy import paths
-    from modelexport.runtime.diff import rank_key
 
     if args.depth is not None:
-        rows = [m for m in rows if paths.depth(m.module_path) <= args.depth]
+        rows = [r for r in rows if paths.depth(r.module_path) <= args.depth]
     if args.pattern:
-        rows = [m for m in rows if fnmatch.fnmatchcase(m.module_path, args.pattern)]
+        rows = [r for r in rows if fnmatch.fnmatchcase(r.module_path, args.pattern)]
+    return rows
+
+
+def _select(rows, args):
+    from modelexport.runtime.diff import rank_key
+
+    rows = _within_depth_and_pattern(rows, args)
     if args.top:
         rows = sorted((m for m in rows if m.added_rel_l2 is not None or m.state in ("nonfinite", "uncompared",
                                                                                      "zero_reference")),
@@ -264,15 +271,9 @@ def _against_pytorch(args) -> int:
 
 
 def _select_torch(rows, args):
-    import fnmatch
-
-    from modelexport.hierarchy import paths
     from modelexport.runtime.diff import STATE_RANK
 
-    if args.depth is not None:
-        rows = [r for r in rows if paths.depth(r.module_path) <= args.depth]
-    if args.pattern:
-        rows = [r for r in rows if fnmatch.fnmatchcase(r.module_path, args.pattern)]
+    rows = _within_depth_and_pattern(rows, args)
     if args.top:
         paired = sorted((r for r in rows if r.paired),
                         key=lambda r: (STATE_RANK.get(r.state, 9), -(r.rel_l2 or 0.0)))[: args.top]

@@ -74,29 +74,18 @@ def untagged_note(src: Path, verb: str) -> str:
 def check_derived_folder(folder: Path, what: str, tagged: bool = True) -> None:
     """Run ``validate``'s checks on a freshly written folder before it replaces anything: a folder
     that does not load or run is an error, not a result. An untagged folder (from an untagged
-    source) is held to every check but those of tags and metadata; without Optimum installed, the
-    Optimum loading check is not one it can fail."""
+    source) is held to every check but those of tags and metadata."""
     from modelexport.folder.loading import load_target
     from modelexport.inspect.validate import FAIL, TAG_CHECKS, validate_target
 
+    # without a usable Optimum, validate itself skips (not fails) its Optimum loading check
     skipped = set() if tagged else set(TAG_CHECKS)
-    if not _optimum_installed():
-        skipped.add("Optimum ORTModel class loads the folder")
     failed = [c for c in validate_target(load_target(folder), run_onnxruntime=True)
               if c.status == FAIL and c.name not in skipped]
     if failed:
         first = failed[0]
         raise ModelExportError(f"the {what} folder fails `modelexport validate` ({first.name}"
                                f"{' of ' + first.file if first.file else ''}: {first.detail}); nothing was written")
-
-
-def _optimum_installed() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("optimum") is not None
-    except (ImportError, ValueError):  # a broken or hidden installation is not one
-        return False
 
 
 def _restore_all(src: Path, staging: Path, names: list[str], modules,
