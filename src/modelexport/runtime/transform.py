@@ -275,11 +275,11 @@ def optimize_folder(src, out, level: str = "O2", force: bool = False, on_untagge
     if not tagged and on_untagged is not None:
         on_untagged(untagged_note(src, "optimized"))
     names, left_out = _merged_decoders_left_out(src, names)
-    if left_out and on_untagged is not None:
-        on_untagged(f"{', '.join(left_out)} left out: ONNX Runtime's optimizer drops a merged decoder's If "
-                    "node (Optimum's ORTOptimizer refuses merged decoders too); the optimized "
-                    "decoder_model.onnx and decoder_with_past_model.onnx load in its place")
     with staged_output_dir(out, force, [src]) as staging, tempfile.TemporaryDirectory(dir=staging) as prepared:
+        if left_out and on_untagged is not None:  # said once the output folder is accepted
+            on_untagged(f"{', '.join(left_out)} left out: ONNX Runtime's optimizer drops a merged decoder's If "
+                        "node (Optimum's ORTOptimizer refuses merged decoders too); the optimized "
+                        "decoder_model.onnx and decoder_with_past_model.onnx load in its place")
         readable = _bare_gemms_given_a_bias(src, names, Path(prepared))
         for name in names:
             try:
