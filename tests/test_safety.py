@@ -72,6 +72,26 @@ def test_signal_during_force_keeps_previous_folder(minilm_dir, tmp_path):
     assert (out / "model.onnx").read_bytes() == b"previous export"
 
 
+def test_signal_after_the_folder_is_in_place_is_told_as_it_is(minilm_dir, tmp_path):
+    """Ctrl-C right after the output folder is swapped in (the summary is being printed, or the
+    interpreter shutting down): the export is complete and stays; the process ends 0, or 130 saying
+    the folder was written; never killed by the signal (-2), never "nothing was written"."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "modelexport", "export", str(minilm_dir), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not out.exists():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130), (proc.returncode, stderr)
+    assert "nothing was written" not in stderr and "Traceback" not in stderr, stderr
+    if proc.returncode == 130:
+        assert f"interrupted; already written, complete: {out}" in stderr, stderr
+    assert {"model.onnx", "modelexport_metadata.json", "config.json"} <= {p.name for p in out.iterdir()}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 # -- disks -------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def tmpfs(path: Path, options: str):

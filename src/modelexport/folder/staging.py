@@ -73,6 +73,10 @@ _STAGING = ".{name}.modelexport-{pid}-"
 _BACKUP = ".{name}.old-{pid}-"
 _SWAP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
+# Output folders this process has put in place, complete: an interrupt that lands after the swap
+# (while the summary is printed) must not be reported as "nothing was written".
+completed: list[Path] = []
+
 
 @contextlib.contextmanager
 def staged_output_dir(output_dir: Path, force: bool, sources=()) -> Iterator[Path]:
@@ -90,6 +94,7 @@ def staged_output_dir(output_dir: Path, force: bool, sources=()) -> Iterator[Pat
     try:
         yield staging
         _replace(staging, output_dir)
+        completed.append(output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
