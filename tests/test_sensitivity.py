@@ -86,6 +86,10 @@ def test_target_cosine_keeps_only_the_fragile_linear_float(fragile_export, tmp_p
         kept[how] = decided
         assert decided["accuracy"]["cosine_min"] >= target > decided["fully_quantized"]["cosine_min"]
         assert decided["held_out"] is True
+        # the search held back 15% of the allowed error on the calibration texts, for unseen ones
+        assert decided["margin"] == 0.15
+        assert decided["accuracy_calibration"]["cosine_min"] >= 1 - 0.85 * (1 - target)
+        assert "search margin: 0.15 of the allowed error" in printed
         assert _held_out_accuracy(fragile_export, out).cosine_min >= target  # texts the search never saw
         assert set(decided["latency"]) == {"1x64", "8x64"}  # batch 1 and 8 at the tiny model's position limit
     assert kept["hierarchical"]["kept_float"] == [FRAGILE_LINEAR]
@@ -137,6 +141,35 @@ def test_unreachable_target_is_one_clear_line(tiny_bert_export, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 1 and "is not met even with every candidate module in float" in err
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-cosine", "0.99", "--margin", "1"], "--margin 1.0: give a share of the allowed error in [0, 1)"),
+    (["--margin", "0.2"], "--margin applies to an accuracy target"),
+])
+def test_margin_errors_are_one_line(fragile_export, tmp_path, capsys, args, message):
+    code = cli(["quantize", str(fragile_export), "-o", str(tmp_path / "q"), *args, *_texts(CALIBRATION)])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and len(err.strip().splitlines()) <= 3, err
+    assert not (tmp_path / "q").exists()
+
+
+def test_margin_zero_searches_for_the_target_itself(fragile_export, tmp_path, capsys):
+    """The margin is what makes the search keep more: with none, the calibration accuracy may sit
+    anywhere at or above the target; the default needs 15% headroom. Same texts, same target."""
+    target = 0.9995
+    found = {}
+    for margin in ("0", "0.5"):
+        out = tmp_path / f"m{margin}"
+        code = cli(["quantize", str(fragile_export), "-o", str(out), "--target-cosine", str(target), "--margin", margin,
+                    *_texts(CALIBRATION), *_texts(HELD_OUT, "--eval-text"), "--latency-rounds", "1", "--flat"])
+        assert code == 0, capsys.readouterr()
+        found[margin] = json.loads((out / "modelexport_metadata.json").read_text())["transforms"][-1]["accuracy_target"]
+    assert found["0"]["margin"] == 0.0 and found["0.5"]["margin"] == 0.5
+    assert found["0"]["accuracy_calibration"]["cosine_min"] >= target
+    assert found["0.5"]["accuracy_calibration"]["cosine_min"] >= 1 - 0.5 * (1 - target)
+    assert all(step["meets"] == (1 - step["cosine_min"] <= 0.5 * (1 - target) * (1 + 1e-12))
+               for step in found["0.5"]["steps"])
 
 
 def test_one_work_folder_removed_after_the_search(fragile_export, tmp_path, monkeypatch, capsys):

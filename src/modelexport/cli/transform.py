@@ -40,6 +40,9 @@ def register(sub) -> None:
                    help="as --target-cosine, for max |float - quantized| of the end outputs")
     q.add_argument("--target-statistic", choices=("min", "mean"), default="min",
                    help="the cosine over the inputs that must meet --target-cosine (default min)")
+    q.add_argument("--margin", type=float, default=None, metavar="F",
+                   help="share of the error the target allows that the search holds back on the calibration inputs, "
+                   "so inputs it never saw still meet the target (default 0.15; 0: search for the target itself)")
     q.add_argument("--objective", choices=("bytes", "latency"), default="bytes",
                    help="what the search minimises among what stays float: weight bytes (default) or the latency "
                    "that quantizing would save (ONNX Runtime's profiler, per module)")
@@ -111,7 +114,7 @@ def run_quantize(args) -> int:
                                "modules in float yourself)")
     for option, given in (("--objective", args.objective != "bytes"), ("--target-statistic",
                                                                         args.target_statistic != "min"),
-                          ("--flat", args.flat)):
+                          ("--flat", args.flat), ("--margin", args.margin is not None)):
         if given:
             raise ModelExportError(f"{option} applies to an accuracy target: give --target-cosine or --max-abs-error")
     return _quantize_plain(args)
@@ -192,7 +195,7 @@ def _quantize_to_target(args) -> int:
     from modelexport.cli.sensitivity import model_inputs, settings_from_args
     from modelexport.errors import ModelExportError
     from modelexport.runtime import quantize_measure
-    from modelexport.runtime.sensitivity import ModuleWeights, _names, candidate_modules, quantize_to_target
+    from modelexport.runtime.sensitivity import MARGIN, ModuleWeights, _names, candidate_modules, quantize_to_target
 
     if args.exclude_modules:
         raise ModelExportError("--exclude-modules and an accuracy target do not go together: the target decides")
@@ -217,7 +220,8 @@ def _quantize_to_target(args) -> int:
                                 args.target_cosine, args.max_abs_error, args.force, progress, settings=settings,
                                 eval_feeds=inputs.evaluation, objective=args.objective,
                                 statistic=args.target_statistic, shapes=shapes, latency_rounds=args.latency_rounds,
-                                note=_note, hierarchical=not args.flat)
+                                note=_note, hierarchical=not args.flat,
+                                margin=MARGIN if args.margin is None else args.margin)
     if result.held_out and not result.met_on_held_out:
         cal, got = result.accuracy_calibration, result.accuracy
         _note(f"the target is met on the calibration inputs (cosine min/mean {cal.cosine_min:.5f}/"
@@ -232,6 +236,9 @@ def _quantize_to_target(args) -> int:
     acc, full = result.accuracy, result.fully_quantized
     print(f"settings: {settings.describe()}")
     print(f"measured on {inputs.what}")
+    if result.margin:
+        print(f"search margin: {result.margin:g} of the allowed error held back on the calibration inputs "
+              f"(calibration: {_accuracy_line('', result.accuracy_calibration)[2:]})")
     kept = ", ".join(result.kept_float) if result.kept_float else "nothing (everything quantized meets it)"
     print(f"kept in float: {kept} ({result.float_bytes_kept / 2**20:.2f} MiB of "
           f"{result.float_bytes_quantizable / 2**20:.2f} MiB of quantizable weights; {result.trials} trial "
