@@ -34,6 +34,27 @@ def test_an_untested_version_is_one_clear_line(monkeypatch):
         optimum_compat.check_versions.cache_clear()
 
 
+@pytest.mark.optimum
+def test_ort_class_names_are_optimums_own():
+    """Our copy of Optimum's task -> ORTModel mapping (kept so an export does not import every
+    transformers pipeline) answers what Optimum's get_ort_model_class answers, on every task."""
+    from types import SimpleNamespace
+
+    from optimum.onnxruntime.pipelines import ORT_TASKS_MAPPING, get_ort_model_class
+
+    from modelexport.exporter.optimum.ort_class import ORT_TASK_CLASSES, ort_model_class_name
+
+    assert set(ORT_TASK_CLASSES) == set(ORT_TASKS_MAPPING)
+    for task in ORT_TASKS_MAPPING:
+        for architectures in (["Wav2Vec2ForCTC"], ["WhisperForConditionalGeneration"]):
+            config = SimpleNamespace(architectures=architectures)
+            expected = get_ort_model_class(task, config=config).__name__
+            assert ort_model_class_name(task, "transformers", config) == expected, task
+            assert ort_model_class_name(task + "-with-past", "transformers", config) == expected, task
+    assert ort_model_class_name("translation_en_to_fr", "transformers") == "ORTModelForSeq2SeqLM"
+    assert ort_model_class_name("object-detection", "transformers") is None
+
+
 def test_version_parsing():
     assert compat.version_tuple("2.13.0+cpu") == (2, 13, 0)
     assert compat.version_tuple("0.1.0rc1") == (0, 1, 0)
