@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import transformers
 
 from modelexport.testing.breadth import check_model_type, has_optimum, is_clean, problems, supported_model_types
 
@@ -47,6 +48,12 @@ WITHOUT_OPTIMUM_CONFIG = {
     # a decoder whose forward changes its position_ids input in place (``+= self.offset``): the
     # validation feeds ONNX Runtime a copy taken before PyTorch runs (was: 0.42 above tolerance)
     "xglm": {"partial_max": 0, "generates": True},
+    # an encoder-decoder whose forward reads `encoder_outputs.last_hidden_state` (the decoder files
+    # are given the encoder's own output class, not a tuple: AttributeError before)
+    "t5gemma": {"partial_max": 0, "generates": True},
+    # transformers 5: a router casting its classifier inside forward (`.to()` on traced
+    # parameters) and an experts dict looping over the experts hit: both patched for the export
+    "switch_transformers": {"partial_max": 0, "generates": True, "transformers5": True},
 }
 SUBSET = {**WITH_OPTIMUM_CONFIG, **WITHOUT_OPTIMUM_CONFIG}
 
@@ -54,6 +61,8 @@ SUBSET = {**WITH_OPTIMUM_CONFIG, **WITHOUT_OPTIMUM_CONFIG}
 @pytest.mark.parametrize("model_type", sorted(SUBSET))
 def test_breadth_subset(model_type, tmp_path):
     expected = SUBSET[model_type]
+    if expected.get("transformers5") and int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip(f"{model_type} is checked under transformers 5 (4.57's classes route differently)")
     row = check_model_type(model_type, tmp_path)
     data = row.as_dict()
     assert row.build == "ok", row.build

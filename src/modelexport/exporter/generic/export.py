@@ -206,7 +206,8 @@ def plan_seq2seq_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
                     for a, n in v.items()} for k, v in enc_example.axes.items()}
     enc_example = Example(enc_example.inputs, enc_axes, enc_example.notes)
     with torch.no_grad():
-        hidden = encoder(**enc_example.inputs, return_dict=True).last_hidden_state
+        encoded = encoder(**enc_example.inputs, return_dict=True)
+    hidden, output_type = encoded.last_hidden_state, type(encoded)
     if hidden.ndim != 3:
         return None
     encoder_mask = enc_example.inputs.get("attention_mask")
@@ -228,7 +229,8 @@ def plan_seq2seq_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
         return inputs
 
     with torch.no_grad():
-        first = Seq2SeqDecoder(model, layers, with_past=False, hidden_size=hidden_size)
+        first = Seq2SeqDecoder(model, layers, with_past=False, hidden_size=hidden_size,
+                               encoder_output_type=output_type)
         probe_inputs = {**decoder_inputs(2, 5, hidden, encoder_mask), "encoder_hidden_states": hidden}
         presents = first(probe_inputs)[1:]
     dec_axes = {"input_ids": {0: "batch_size", 1: "decoder_sequence_length"},
@@ -271,7 +273,8 @@ def plan_seq2seq_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
     past_axes = {"logits": {0: "batch_size", 1: "decoder_sequence_length"}}
     past_axes.update({n: {0: "batch_size", 2: "past_decoder_sequence_length + decoder_sequence_length"}
                       for n in present_names(layers, "decoder")})
-    with_past = Seq2SeqDecoder(model, layers, with_past=True, hidden_size=hidden_size)
+    with_past = Seq2SeqDecoder(model, layers, with_past=True, hidden_size=hidden_size,
+                               encoder_output_type=output_type)
     # checked on the past the first decoder step returns in PyTorch (random pasts are not what runs)
     first_check = first_example(2, 5)
     with torch.no_grad():

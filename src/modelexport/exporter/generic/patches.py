@@ -21,6 +21,11 @@ Patches (each has a test that the patched forward returns what the original retu
   (``if inputs_embeds[mask].numel() != image_features.numel(): raise``): a data-dependent branch
   torch.export refuses. The class's ``get_placeholder_mask`` is recompiled from its own source with
   each ``if`` whose only statement is a ``raise`` removed (the mask it returns is unchanged).
+- ``module-to-without-changes``: SwitchTransformers' and NLLB-MoE's routers cast their classifier
+  on every call (``self.classifier = self.classifier.to(self.dtype)``); traced, the parameters
+  are fake tensors that ``Module._apply`` cannot swap ("Couldn't swap Linear.weight"). During
+  the export a ``.to()`` that would change no parameter or buffer returns the module unchanged,
+  which is what it returns after converting nothing; listed only when a call was answered so.
 - ``no-traced-input-checks``: transformers 5 checks inputs with ``torch._check_tensor_all`` (e.g.
   that a vision-language model got as many image tokens as image features); traced, the check
   becomes ``aten._is_all_true``, which has no ONNX translation. transformers' own switch
@@ -32,6 +37,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
+import itertools
 import os
 import textwrap
 from dataclasses import dataclass
@@ -96,6 +102,47 @@ def dense_moe_method(self, hidden_states, topk_indices, topk_weights):
     for index, expert in enumerate(self.experts):
         final = final + expert(hidden_states) * dense_weights[:, index, None]
     return final.type(hidden_states.dtype)
+
+
+def dense_one_hot_experts_forward(self, hidden_states, selected_experts, routing_weights):
+    """transformers 5's ``SwitchTransformersExperts`` (a ModuleDict of ``expert_N``; the router's
+    choice one-hot, tokens x 1 x experts, its weight tokens x 1), every expert computed."""
+    dense_weights = selected_experts[:, 0, :].to(routing_weights.dtype) * routing_weights
+    final = torch.zeros_like(hidden_states)
+    for index in range(self.num_experts):  # a static loop, unrolled by the trace
+        final = final + (self[f"expert_{index}"](hidden_states) * dense_weights[:, index, None]).to(hidden_states.dtype)
+    return final
+
+
+def dense_top_k_experts_forward(self, hidden_states, router_mask, router_probs):
+    """transformers 5's ``NllbMoeExperts`` (a ModuleDict of ``expert_N``; the router's choice as
+    expert ids, tokens x k, their weights tokens x k), every expert computed, in eval mode."""
+    chosen = F.one_hot(router_mask, num_classes=self.num_experts).to(router_probs.dtype)
+    dense_weights = (chosen * router_probs[..., None]).sum(dim=1)
+    final = torch.zeros_like(hidden_states)
+    for index in range(self.num_experts):
+        out = self[f"expert_{index}"](hidden_states) * dense_weights[:, index, None]
+        if self.moe_token_dropout > 0:  # eval: the dropout's expectation, as the eager loop applies it
+            out = out * (1 - self.moe_token_dropout)
+        final = final + out.to(hidden_states.dtype)
+    return final
+
+
+_EXPERT_DICTS = {
+    ("transformers.models.switch_transformers.modeling_switch_transformers", "SwitchTransformersExperts"):
+        dense_one_hot_experts_forward,
+    ("transformers.models.nllb_moe.modeling_nllb_moe", "NllbMoeExperts"): dense_top_k_experts_forward,
+}
+
+
+def _is_expert_dict(module) -> bool:
+    """transformers 5's expert dicts whose forward loops over the experts the router hit (the
+    signature is checked: 4.57's classes of the same models route differently)."""
+    cls = type(module)
+    if (cls.__module__, cls.__name__) not in _EXPERT_DICTS or module.training:
+        return False
+    params = list(inspect.signature(cls.forward).parameters)
+    return len(params) == 4 and hasattr(module, "num_experts")
 
 
 def _has_moe_method(module) -> bool:
@@ -174,6 +221,9 @@ PATCHES = (
           _is_experts_module, dense_experts_forward),
     Patch("dense-moe-experts", "MoE expert loop over torch.where (data-dependent): every expert computed, weighted "
           "by the router", _has_moe_method, dense_moe_method, method="moe"),
+    Patch("dense-moe-experts", "MoE experts dict looping over the experts the router hit (data-dependent): every "
+          "expert computed, weighted by the router", _is_expert_dict,
+          lambda original: _EXPERT_DICTS[(original.__module__, original.__qualname__.partition(".")[0])], derived=True),
     Patch("placeholder-checks-removed", "image-token count checked in Python (data-dependent): the check's raise "
           "branches removed from get_placeholder_mask", _checks_placeholders_in_python, without_raising_branches,
           method="get_placeholder_mask", derived=True),
@@ -217,8 +267,10 @@ def export_patches(model: torch.nn.Module) -> Iterator[list[AppliedPatch]]:
         applied[("no-traced-input-checks", "")] = AppliedPatch(
             "no-traced-input-checks", "transformers' input checks (torch._check_tensor_all) left out of the graph: "
             "TRANSFORMERS_DISABLE_TORCH_CHECK=1 during the export", [], 0)
+    patches = list(applied.values())
     try:
-        yield list(applied.values())
+        with _module_to_without_changes(patches):
+            yield patches
     finally:
         if checks_env:
             if previous_env is None:
@@ -230,6 +282,44 @@ def export_patches(model: torch.nn.Module) -> Iterator[list[AppliedPatch]]:
                 delattr(cls, method)
             else:
                 setattr(cls, method, original)
+
+
+def _changes_nothing(module: torch.nn.Module, args, kwargs) -> bool:
+    """Whether ``module.to(*args, **kwargs)`` would leave every parameter and buffer as it is
+    (``Module.to`` converts the dtype of floating-point and complex tensors only)."""
+    device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+    if memory_format is not None:
+        return False
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if device is not None and tensor.device != device:
+            return False
+        if dtype is not None and (tensor.is_floating_point() or tensor.is_complex()) and tensor.dtype != dtype:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _module_to_without_changes(patches: list[AppliedPatch]) -> Iterator[None]:
+    original = torch.nn.Module.to
+    entry = AppliedPatch("module-to-without-changes", "module.to() inside forward (a router casting its classifier on "
+                         "every call): the parameters are traced fake tensors that cannot be swapped; a .to() that "
+                         "changes nothing returns the module as it is", [], 0)
+
+    def to(self, *args, **kwargs):
+        if not _changes_nothing(self, args, kwargs):
+            return original(self, *args, **kwargs)
+        if entry.modules == 0:
+            patches.append(entry)
+        entry.modules += 1
+        if type(self).__name__ not in entry.classes:
+            entry.classes.append(type(self).__name__)
+        return self
+
+    torch.nn.Module.to = to
+    try:
+        yield
+    finally:
+        torch.nn.Module.to = original
 
 
 def _traced_checks_exist() -> bool:

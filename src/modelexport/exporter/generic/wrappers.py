@@ -158,9 +158,12 @@ class Seq2SeqDecoder(torch.nn.Module):
     them out; the encoder's hidden states are not needed then, only its length (from the cached
     cross-attention keys)."""
 
-    def __init__(self, model, layers: int, with_past: bool, hidden_size: int, input_key: str = "decoder_input_ids"):
+    def __init__(self, model, layers: int, with_past: bool, hidden_size: int, input_key: str = "decoder_input_ids",
+                 encoder_output_type=None):
         super().__init__()
         self.model = model
+        # the class the model's encoder returns: given back to the model as `encoder_outputs`
+        self.encoder_output_type = encoder_output_type
         self.layers = layers
         self.with_past = with_past
         self.hidden_size = hidden_size
@@ -169,6 +172,18 @@ class Seq2SeqDecoder(torch.nn.Module):
                                           [n for i in range(layers) for n in
                                            present_names(layers, "decoder")[2 * i:2 * i + 2]
                                            + present_names(layers, "encoder")[2 * i:2 * i + 2]])
+
+    def _encoder_outputs(self, hidden, mask):
+        """The encoder's output as the model's own encoder returns it (its class), not a tuple:
+        NLLB-MoE, T5Gemma, Switch (transformers 5) read ``encoder_outputs.last_hidden_state`` or
+        ``.router_logits`` without wrapping a tuple first, Cohere ASR reads ``.attention_mask``."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        cls = self.encoder_output_type or BaseModelOutput
+        fields = {"last_hidden_state": hidden}
+        if mask is not None and "attention_mask" in getattr(cls, "__dataclass_fields__", {}):
+            fields["attention_mask"] = mask
+        return cls(**fields)
 
     def forward(self, inputs: dict):
         from transformers import EncoderDecoderCache
@@ -186,7 +201,8 @@ class Seq2SeqDecoder(torch.nn.Module):
         else:
             cache = EncoderDecoderCache(new_cache(config), new_cache(config))
             hidden = inputs["encoder_hidden_states"]
-        kwargs = {"encoder_outputs": (hidden,), self.input_key: inputs["input_ids"], cache_argument(self.model): cache,
+        kwargs = {"encoder_outputs": self._encoder_outputs(hidden, inputs.get("encoder_attention_mask")),
+                  self.input_key: inputs["input_ids"], cache_argument(self.model): cache,
                   "use_cache": True, "return_dict": True}
         if "encoder_attention_mask" in inputs:
             kwargs["attention_mask"] = inputs["encoder_attention_mask"]
