@@ -54,6 +54,9 @@ WITHOUT_OPTIMUM_CONFIG = {
     # transformers 5: a router casting its classifier inside forward (`.to()` on traced
     # parameters) and an experts dict looping over the experts hit: both patched for the export
     "switch_transformers": {"partial_max": 0, "generates": True, "transformers5": True},
+    # an audio encoder returning an `attention_mask` (of its downsampled frames) beside taking one:
+    # the graph output is `attention_mask_output` (the name was defined twice; ORT refused the file)
+    "parakeet_encoder": {"partial_max": 2, "transformers5": True},
 }
 SUBSET = {**WITH_OPTIMUM_CONFIG, **WITHOUT_OPTIMUM_CONFIG}
 

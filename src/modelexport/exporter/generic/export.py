@@ -131,7 +131,7 @@ def plan_single(model, task: str, pre: Preprocessors, library: str, static_shape
             checks.append(_unpadded(adapt(builder.build(batch=3, sequence=11))))
         except ModelExportError:
             pass
-    wrapper = NamedOutputs(model, names, call_kwargs, positional=positional)
+    wrapper = NamedOutputs(model, names, call_kwargs, positional=positional, taken=set(example.inputs))
     return Plan("single", task, [PlannedFile("model.onnx", wrapper, "", example, checks)], list(example.notes))
 
 

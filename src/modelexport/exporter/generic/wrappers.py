@@ -37,16 +37,20 @@ def pick(output, names: list[str]) -> tuple:
 class NamedOutputs(torch.nn.Module):
     """``model(**inputs)`` (or ``model(inputs)`` for sentence-transformers) -> the named outputs."""
 
-    def __init__(self, model, output_names: list[str], call_kwargs: dict | None = None, positional: bool = False):
+    def __init__(self, model, output_names: list[str], call_kwargs: dict | None = None, positional: bool = False,
+                 taken: set[str] = frozenset()):
         super().__init__()
         self.model = model
-        self.output_names = list(output_names)
+        self.fields = list(output_names)  # what the forward's output calls them
+        # the graph's names: an output named as an input (Parakeet's encoder returns the
+        # `attention_mask` of its downsampled frames) would define that name twice in the graph
+        self.output_names = [f"{n}_output" if n in taken else n for n in output_names]
         self.call_kwargs = dict(call_kwargs or {})
         self.positional = positional  # sentence-transformers: forward(features: dict)
 
     def forward(self, inputs: dict):
         out = self.model(dict(inputs)) if self.positional else self.model(**inputs, **self.call_kwargs)
-        return pick(out, self.output_names)
+        return pick(out, self.fields)
 
 
 # -- KV caches ----------------------------------------------------------------------------------
