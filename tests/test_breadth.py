@@ -57,6 +57,9 @@ WITHOUT_OPTIMUM_CONFIG = {
     # an audio encoder returning an `attention_mask` (of its downsampled frames) beside taking one:
     # the graph output is `attention_mask_output` (the name was defined twice; ORT refused the file)
     "parakeet_encoder": {"partial_max": 2, "transformers5": True},
+    # a transducer whose joint squeezes the decoder axis: exported with one decoder token on a fixed
+    # axis (five made torch.onnx write a Squeeze ONNX Runtime refused at load)
+    "parakeet_tdt": {"partial_max": 2, "transformers5": True},
 }
 SUBSET = {**WITH_OPTIMUM_CONFIG, **WITHOUT_OPTIMUM_CONFIG}
 

@@ -714,10 +714,22 @@ def call_kwargs(model) -> dict:
 
 
 def generic_example(model, task: str, batch: int = 2, sequence: int = 7) -> dict:
-    """modelexport's own example inputs for the model (no tokenizer or processor)."""
+    """modelexport's own example inputs for the model (no tokenizer or processor), as the export
+    makes them (one decoder token for a decoder that takes one at a time)."""
+    import torch
+
+    from modelexport.exporter.generic.export import takes_one_decoder_token
     from modelexport.exporter.generic.inputs import InputBuilder, Preprocessors
 
-    return dict(InputBuilder(model, task, Preprocessors(None)).build(batch=batch, sequence=sequence).inputs)
+    builder = InputBuilder(model, task, Preprocessors(None))
+    example = builder.build(batch=batch, sequence=sequence)
+    if "decoder_input_ids" in example.inputs:
+        with torch.no_grad():
+            if takes_one_decoder_token(model, example, model(**example.inputs, **call_kwargs(model)),
+                                       call_kwargs(model)):
+                builder.decoder_tokens = None
+                example = builder.build(batch=batch, sequence=sequence)
+    return dict(example.inputs)
 
 
 def _tensor_leaves(output) -> list:

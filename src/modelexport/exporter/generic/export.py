@@ -92,6 +92,23 @@ def _sentence_transformers_inputs(example: Example) -> Example:
                    {k: v for k, v in example.axes.items() if k in keep}, example.notes)
 
 
+def takes_one_decoder_token(model, example: Example, out, call_kwargs: dict) -> bool:
+    """Whether the model's outputs change rank when given one decoder token instead of several:
+    Parakeet's TDT/RNNT joint squeezes the decoder axis (``.squeeze(2)``), a no-op in PyTorch on 5
+    tokens that torch.onnx writes as an ONNX Squeeze ONNX Runtime refuses. Such a decoder is fed
+    one token at a time, and is exported that way."""
+    ids = example.inputs.get("decoder_input_ids")
+    if ids is None or ids.shape[-1] == 1:
+        return False
+    try:
+        one = model(**{**example.inputs, "decoder_input_ids": ids[:, :1]}, **call_kwargs)
+    except Exception:  # noqa: BLE001  (a model that needs its several tokens: keep them)
+        return False
+    ranks = {n: v.ndim for n, v in (out.items() if hasattr(out, "items") else []) if isinstance(v, torch.Tensor)}
+    return any(isinstance(v, torch.Tensor) and n in ranks and v.ndim != ranks[n]
+               for n, v in (one.items() if hasattr(one, "items") else []))
+
+
 def plan_single(model, task: str, pre: Preprocessors, library: str, static_shapes: dict | None = None) -> Plan:
     """``static_shapes``: Optimum's dummy-shape names -> sizes; the trace then declares no dynamic
     axis and every input has those sizes."""
@@ -118,6 +135,13 @@ def plan_single(model, task: str, pre: Preprocessors, library: str, static_shape
                                    f"config ({', '.join(f'{k}{list(v.shape)}' for k, v in example.inputs.items())}): "
                                    f"{type(e).__name__}: {first}; export from a folder that holds the model's "
                                    "processor or feature extractor") from e
+        if not static_shapes and takes_one_decoder_token(model, example, out, call_kwargs):
+            builder.decoder_tokens = None
+            example = adapt(builder.build(batch=2, sequence=7))
+            example = Example(example.inputs, example.axes, example.notes + [
+                "decoder_input_ids: one token on a fixed axis (the model squeezes its decoder axis: "
+                "transducer decoders take one token at a time)"])
+            out = model(**example.inputs, **call_kwargs)
     names = [n for n in tensor_outputs(out) if n != "loss"]
     if positional:
         names = [n for n in ("token_embeddings", "sentence_embedding") if n in names]

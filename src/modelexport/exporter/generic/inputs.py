@@ -163,6 +163,9 @@ class InputBuilder:
         self.config = config if config is not None else model.config
         self.params = forward_parameters(model)
         self.pre = preprocessors
+        # decoder tokens per example; None once the model is found to take one token at a time
+        # (see ``one_decoder_token``): then one, on a fixed axis
+        self.decoder_tokens: int | None = 5
 
     # -- modalities -------------------------------------------------------------------------
     def takes(self, name: str) -> bool:
@@ -196,9 +199,11 @@ class InputBuilder:
         if self.takes("decoder_input_ids") and "decoder_input_ids" not in inputs:
             start = getattr(self.config, "decoder_start_token_id", None)
             start = start if isinstance(start, int) else 0
-            inputs["decoder_input_ids"] = torch.full((batch, 5), start, dtype=torch.long)
-            inputs["decoder_input_ids"][:, 1:] = self._ids(batch, 4)
-            axes["decoder_input_ids"] = {0: "batch_size", 1: "decoder_sequence_length"}
+            tokens = self.decoder_tokens or 1
+            inputs["decoder_input_ids"] = torch.full((batch, tokens), start, dtype=torch.long)
+            inputs["decoder_input_ids"][:, 1:] = self._ids(batch, tokens - 1)
+            axes["decoder_input_ids"] = {0: "batch_size", 1: "decoder_sequence_length"} if self.decoder_tokens \
+                else {0: "batch_size"}
         missing = [name for name, p in self.params.items() if p.default is inspect.Parameter.empty
                    and name not in inputs]
         if missing:
