@@ -60,6 +60,9 @@ WITHOUT_OPTIMUM_CONFIG = {
     # a transducer whose joint squeezes the decoder axis: exported with one decoder token on a fixed
     # axis (five made torch.onnx write a Squeeze ONNX Runtime refused at load)
     "parakeet_tdt": {"partial_max": 2, "transformers5": True},
+    # a conv whose weight the parent reshapes in forward: torch.onnx folds it into a constant of
+    # another name (`unsqueeze_2`); found by value, the Conv is the conv's (was the parent's)
+    "lfm3": {"partial_max": 0, "transformers5": True},
 }
 SUBSET = {**WITH_OPTIMUM_CONFIG, **WITHOUT_OPTIMUM_CONFIG}
 

@@ -215,6 +215,8 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
             load_external_data_for_model(model, str(path.parent))
     else:
         del program
+    if not data_files:
+        FOLDED_PARAMETERS[str(Path(path).resolve())] = folded_parameters(module, model)
     _, fixed = name_axes(model, input_names, output_names, dynamic_axes)
     pin_fixed_axes(model, fixed_by_code)
     # The exporter's notes on graph inputs and outputs (torch.export's input kinds, FX names):
@@ -231,6 +233,60 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
     else:
         onnx.save(model, str(path))
     return [sentence for *_, sentence in fixed_by_code] + fixed
+
+
+# Written file -> {initializer: parameter} (see ``folded_parameters``), for the tagging pass of
+# the same export (``DynamoTaggingPass(aliases=...)``), taken from here once.
+FOLDED_PARAMETERS: dict[str, dict[str, str]] = {}
+
+
+def folded_parameters(module, model) -> dict[str, str]:
+    """Initializers torch.onnx's optimizer made out of one parameter under a new name (a weight
+    transposed or reshaped by the model's own forward and folded to a constant: ``val_241`` for
+    WavLM's ``q_proj.weight``, ``unsqueeze_2`` for LFM's conv weight) -> that parameter's name
+    (as ``module`` names it), when its values are those of exactly one module's parameters. A node
+    reading one then reads that parameter, which the tagging pass needs to place it."""
+    import hashlib
+
+    import numpy as np
+    from onnx import numpy_helper
+
+    names = {n for n, _ in module.named_parameters(remove_duplicate=False)}
+    unnamed: dict[tuple, list] = {}
+    for tensor in model.graph.initializer:
+        if tensor.name in names or tensor.data_location == tensor.EXTERNAL:
+            continue
+        size = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+        if size >= 16:  # small constants (scalars, shapes) are not told apart by value
+            unnamed.setdefault((size, tensor.data_type), []).append(tensor)
+    if not unnamed:
+        return {}
+
+    def key(array) -> tuple:
+        array = np.ascontiguousarray(array)
+        return str(array.dtype), hashlib.sha1(array.tobytes()).hexdigest()
+
+    from onnx import helper
+
+    by_value: dict[tuple, set[str]] = {}
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        array = parameter.detach().cpu().numpy()
+        if (array.size, helper.np_dtype_to_tensor_dtype(array.dtype)) not in unnamed:
+            continue
+        if array.size and array.min() == array.max():
+            continue  # all one value (a fresh norm's ones): says nothing about which tensor it is
+        for variant in ((array, array.T) if array.ndim == 2 else (array,)):  # reshaped: same bytes
+            by_value.setdefault(key(variant), set()).add(name)
+    aliases = {}
+    for tensors in unnamed.values():
+        for tensor in tensors:
+            array = numpy_helper.to_array(tensor)
+            if array.min() == array.max():
+                continue
+            found = by_value.get(key(array), set())
+            if found and len({n.rpartition(".")[0] for n in found}) == 1:  # one module's (tied names too)
+                aliases[tensor.name] = min(found)
+    return aliases
 
 
 def _in_memory(program):

@@ -139,7 +139,11 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
                 if exporter in TORCH_EXPORT:
                     from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
 
-                    tagger = DynamoTaggingPass(tree, item.root, keep_source_info, scope_prefix=path.scope_prefix)
+                    from modelexport.exporter.dynamo_trace import FOLDED_PARAMETERS
+
+                    aliases = FOLDED_PARAMETERS.pop(str((staging / item.name).resolve()), None)
+                    tagger = DynamoTaggingPass(tree, item.root, keep_source_info, scope_prefix=path.scope_prefix,
+                                               aliases=aliases)
                 tagged, opset_of_file = tag_file(staging / item.name, tree, item.root, before=alias_step,
                                                  tagger=tagger)
                 file_opset = file_opset or opset_of_file

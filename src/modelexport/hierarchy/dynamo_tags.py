@@ -69,10 +69,12 @@ class DynamoTaggingPass(TaggingPass):
     wrapper's own scope (outside the model) counts as the model's root."""
 
     def __init__(self, tree: ModuleTree, root_path: str = "", keep_source_info: bool = False,
-                 scope_prefix: str = ""):
+                 scope_prefix: str = "", aliases: dict[str, str] | None = None):
         super().__init__(tree, root_path)
         self.keep_source_info = keep_source_info
         self.scope_prefix = scope_prefix
+        # initializers folded out of one parameter under another name -> that parameter's name
+        self.aliases = dict(aliases or {})
         # removed while the tags are written, in the same visit of each node's metadata
         self._drop_keys = frozenset() if keep_source_info else frozenset(SOURCE_INFO_KEYS)
         self._by_head: dict[str, Resolution | None] = {}  # name_scopes less its last element -> module
@@ -133,12 +135,17 @@ class DynamoTaggingPass(TaggingPass):
         return hit
 
     def __call__(self, model) -> TaggingResult:
-        if self._owners is None and self.scope_prefix:
+        if self._owners is None and (self.scope_prefix or self.aliases):
             # A traced wrapper holds the model as ``scope_prefix``: its initializers are named
             # ``model.embed_positions.weight``. Without these names no parameter read would be
             # found, and a parent reading a child's weight would keep the parent (or the root).
             owners = self.resolver.owner_map()
-            self._owners = {**owners, **{f"{self.scope_prefix}.{name}": owner for name, owner in owners.items()}}
+            if self.scope_prefix:
+                owners = {**owners, **{f"{self.scope_prefix}.{name}": owner for name, owner in owners.items()}}
+            # a parameter folded into a constant of another name is still that parameter
+            owners.update({alias: owners[name] for alias, name in self.aliases.items()
+                           if name in owners and alias not in owners})
+            self._owners = owners
         result = super().__call__(model)
         result.source_info_removed = 0 if self.keep_source_info else self._removed
         return result
