@@ -8,6 +8,8 @@ output folder, tagging, config and preprocessors, the metadata file.
 """
 from __future__ import annotations
 
+import os
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,14 +134,13 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
         if source.library == "sentence_transformers":  # what SentenceTransformer(backend="onnx") reads
             from modelexport.exporter.sentence_transformers_layout import add_last_hidden_state as alias_step
         with phases("tag", "Tagging nodes with their modules"):
+            from modelexport.exporter.dynamo_trace import FOLDED_PARAMETERS
             from modelexport.hierarchy.tagging import tag_file
 
             for item in path.files:
                 tagger = None
                 if exporter in TORCH_EXPORT:
                     from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
-
-                    from modelexport.exporter.dynamo_trace import FOLDED_PARAMETERS
 
                     aliases = FOLDED_PARAMETERS.pop(str((staging / item.name).resolve()), None)
                     tagger = DynamoTaggingPass(tree, item.root, keep_source_info, scope_prefix=path.scope_prefix,
@@ -151,6 +152,9 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
                 reports.append(FileReport(item.name, item.root, tagged.coverage.nodes, tagged.coverage.as_dict(),
                                           graph_sha256=tagged.graph_sha256,
                                           warnings=[f"{item.name}: {w}" for w in item.warnings + tagged.warnings]))
+            # files the exporter wrote and Optimum then replaced (a merged decoder): nothing to tag
+            for key in [k for k in FOLDED_PARAMETERS if k.startswith(str(staging.resolve()) + os.sep)]:
+                del FOLDED_PARAMETERS[key]
 
         with phases("artifacts", "Writing config and preprocessors"):
             generation_config = getattr(loaded, "generation_config", None)
