@@ -63,6 +63,9 @@ WITHOUT_OPTIMUM_CONFIG = {
     # a conv whose weight the parent reshapes in forward: torch.onnx folds it into a constant of
     # another name (`unsqueeze_2`); found by value, the Conv is the conv's (was the parent's)
     "lfm3": {"partial_max": 0, "transformers5": True},
+    # a node torch.export's optimizer made without a scope (a Split of the query embedding's
+    # weight, read by the parent): the one module whose parameters it reads (was the neighbours')
+    "deformable_detr": {"partial_max": None, "transformers5": True},
 }
 SUBSET = {**WITH_OPTIMUM_CONFIG, **WITHOUT_OPTIMUM_CONFIG}
 

@@ -442,9 +442,17 @@ class TaggingPass:
                     reads.append((x, o, scope or ""))
             if resolution is None:
                 # Unscoped: its neighbours decide, after the walk. A de-duplicated parameter's
-                # Identity (no scope) belongs to the parameter it outputs.
+                # Identity (no scope) belongs to the parameter it outputs; a node torch.export's
+                # optimizer made without a scope that reads parameters of one module only (a Split
+                # of Deformable DETR's query embedding weight) belongs to that module.
                 outs = outputs[i] = list(node.output)
                 owner = next((o for o in map(owner_get, outs) if o), None) if op == "Identity" else None
+                if owner is None and parameters and len({o for _, o in parameters}) == 1:
+                    owner = parameters[0][1]
+                    if contains(root, owner):
+                        by_parameters += 1
+                        assigned.append(owner)
+                        continue
                 if owner is not None and contains(root, owner):
                     assigned.append(owner)
                     direct += 1
