@@ -249,9 +249,10 @@ def folded_parameters(module, model) -> dict[str, str]:
     import hashlib
 
     import numpy as np
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
-    names = {n for n, _ in module.named_parameters(remove_duplicate=False)}
+    parameters = list(module.named_parameters(remove_duplicate=False))
+    names = {n for n, _ in parameters}
     unnamed: dict[tuple, list] = {}
     for tensor in model.graph.initializer:
         if tensor.name in names or tensor.data_location == tensor.EXTERNAL:
@@ -266,10 +267,8 @@ def folded_parameters(module, model) -> dict[str, str]:
         array = np.ascontiguousarray(array)
         return str(array.dtype), hashlib.sha1(array.tobytes()).hexdigest()
 
-    from onnx import helper
-
     by_value: dict[tuple, set[str]] = {}
-    for name, parameter in module.named_parameters(remove_duplicate=False):
+    for name, parameter in parameters:
         array = parameter.detach().cpu().numpy()
         if (array.size, helper.np_dtype_to_tensor_dtype(array.dtype)) not in unnamed:
             continue

@@ -447,15 +447,15 @@ class TaggingPass:
                 # of Deformable DETR's query embedding weight) belongs to that module.
                 outs = outputs[i] = list(node.output)
                 owner = next((o for o in map(owner_get, outs) if o), None) if op == "Identity" else None
-                if owner is None and parameters and len({o for _, o in parameters}) == 1:
+                read = owner is None and parameters and len({o for _, o in parameters}) == 1
+                if read:
                     owner = parameters[0][1]
-                    if contains(root, owner):
-                        by_parameters += 1
-                        assigned.append(owner)
-                        continue
                 if owner is not None and contains(root, owner):
                     assigned.append(owner)
-                    direct += 1
+                    if read:
+                        by_parameters += 1
+                    else:
+                        direct += 1
                 else:
                     assigned.append(None)
                 continue

@@ -164,7 +164,7 @@ class InputBuilder:
         self.params = forward_parameters(model)
         self.pre = preprocessors
         # decoder tokens per example; None once the model is found to take one token at a time
-        # (see ``one_decoder_token``): then one, on a fixed axis
+        # (see ``export.takes_one_decoder_token``): then one, on a fixed axis
         self.decoder_tokens: int | None = 5
 
     # -- modalities -------------------------------------------------------------------------
