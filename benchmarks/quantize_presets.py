@@ -46,14 +46,17 @@ def main() -> int:
     def preset(name):
         return CpuChoice(PRESETS[name], "asked for", platform.machine())
 
+    # the presets compared without smoothing (what they are on their own), then today's default
     variants = {
-        "before: avx2, per-tensor, on every CPU": QuantSettings(old, per_channel=False, small_tables_float=False),
-        "avx2 (7-bit), per-tensor": QuantSettings(preset("avx2"), per_channel=False),
-        "avx2 (7-bit), per-channel": QuantSettings(preset("avx2")),
-        "avx512_vnni, per-tensor": QuantSettings(preset("avx512_vnni"), per_channel=False),
+        "before: avx2, per-tensor, on every CPU": QuantSettings(old, per_channel=False, small_tables_float=False,
+                                                                 smoothing=0),
+        "avx2 (7-bit), per-tensor": QuantSettings(preset("avx2"), per_channel=False, smoothing=0),
+        "avx2 (7-bit), per-channel": QuantSettings(preset("avx2"), smoothing=0),
+        "avx512_vnni, per-tensor": QuantSettings(preset("avx512_vnni"), per_channel=False, smoothing=0),
         "avx512_vnni, per-channel, every table int8": QuantSettings(preset("avx512_vnni"),
-                                                                     small_tables_float=False),
-        f"default here: {machine.preset.name}, per-channel, small tables float": QuantSettings(machine),
+                                                                     small_tables_float=False, smoothing=0),
+        f"{machine.preset.name}, per-channel, small tables float": QuantSettings(machine, smoothing=0),
+        f"default here: {machine.preset.name}, per-channel, small tables float, smoothed": QuantSettings(machine),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -118,7 +118,7 @@ def main() -> int:
         start = time.perf_counter()
         quantize_folder(float_dir, tmp / "static", settings=static, calibration=calibration)
         add("--static", tmp / "static", "none (every weight op QDQ)", time.perf_counter() - start,
-            "modelexport quantize F -o OUT --static --text-file calib.txt")
+            "modelexport quantize F -o OUT --static --text-file calib.txt --eval-text-file held-out.txt")
         start = time.perf_counter()
         result = quantize_to_target(float_dir, tmp / "static-target", None, calibration, 0.99, None,
                                     settings=static, eval_feeds=held, statistic="mean", latency_rounds=0, note=say)

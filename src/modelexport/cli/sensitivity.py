@@ -32,6 +32,7 @@ def add_candidates(p) -> None:
 
 def add_quantization_options(p) -> None:
     from modelexport.runtime.cpu_presets import PRESETS
+    from modelexport.runtime.smoothing import DEFAULT_ALPHA
 
     p.add_argument("--preset", choices=("auto", *PRESETS), default="auto",
                    help="the CPU the model will run on (default auto: this machine's instruction sets; VNNI/AMX -> "
@@ -41,6 +42,10 @@ def add_quantization_options(p) -> None:
     p.add_argument("--static", action="store_true",
                    help="static QDQ quantization (QuantizeLinear/DequantizeLinear, the format NPU toolchains take), "
                    "calibrated on the given inputs through the folder's preprocessors")
+    p.add_argument("--smoothing", type=float, default=DEFAULT_ALPHA, metavar="ALPHA",
+                   help="move activation outliers into the weights before quantizing (SmoothQuant): scale = "
+                   f"max|x|^ALPHA / max|w|^(1-ALPHA) per channel, from the calibration inputs or else random token "
+                   f"ids (default {DEFAULT_ALPHA}; 0: off)")
     p.add_argument("--static-ops", choices=("weights", "all"), default="weights",
                    help="with --static: quantize the inputs of the ops with weights (MatMul/Gemm/Conv, default) or "
                    "every op ONNX Runtime's QDQ quantizer handles")
@@ -68,8 +73,10 @@ def settings_from_args(args):
 
         if Path(args.path).is_dir():
             refuse_static_subgraphs(Path(args.path))
+    if not 0.0 <= args.smoothing <= 1.0:
+        raise ModelExportError(f"--smoothing {args.smoothing:g}: give an alpha in [0, 1] (0: off)")
     return QuantSettings(resolve_preset(args.preset), per_channel=not args.per_tensor, static=args.static,
-                         static_ops=getattr(args, "static_ops", "weights"))
+                         static_ops=getattr(args, "static_ops", "weights"), smoothing=args.smoothing)
 
 
 @dataclass

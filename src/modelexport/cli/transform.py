@@ -134,6 +134,9 @@ def _quantize_plain(args) -> int:
     has_inputs = bool(args.text or args.text_file or args.image or args.inputs or args.eval_text
                       or args.eval_text_file or args.eval_image)
     inputs = None
+    # the inputs calibrate static ranges and the smoothing statistics; what they do not calibrate
+    # is held out
+    calibrates = settings.static or bool(settings.smoothing)
     if settings.static or has_inputs:
         from pathlib import Path
 
@@ -141,19 +144,18 @@ def _quantize_plain(args) -> int:
         if Path(args.path).is_dir() and names and not is_tagged(Path(args.path), names) and not settings.static:
             inputs = None  # an untagged folder is quantized as it is (measured below without metadata)
         else:
-            inputs = model_inputs(args.path, args, split=settings.static)
+            inputs = model_inputs(args.path, args, split=calibrates)
             for text in inputs.notes:
                 _note(text)
     _note(settings.describe())
     result = quantize_folder(args.path, args.output, args.exclude_modules, args.force, on_untagged=_note,
-                             settings=settings, calibration=inputs.calibration if inputs and settings.static else None)
+                             settings=settings, calibration=inputs.calibration if inputs and calibrates else None)
     measured: dict = {}
     if inputs is not None:
-        # dynamic quantization calibrates nothing: every input is held out
-        held = inputs.evaluation if settings.static and inputs.evaluation is not None else inputs.all_feeds()
+        held = inputs.evaluation if calibrates and inputs.evaluation is not None else inputs.all_feeds()
         acc = accuracy(run_outputs(args.path, held), run_outputs(args.output, held))
         measured["accuracy"] = acc.as_dict()
-        measured["held_out"] = not settings.static or inputs.evaluation is not None
+        measured["held_out"] = not calibrates or inputs.evaluation is not None
         measured["inputs"] = inputs.what
     if shapes:
         measured["latency"] = quantize_measure.latency({"float": args.path, "quantized": args.output}, shapes,

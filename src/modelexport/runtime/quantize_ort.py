@@ -25,6 +25,7 @@ from pathlib import Path
 
 from modelexport.errors import ModelExportError
 from modelexport.runtime.cpu_presets import CpuChoice
+from modelexport.runtime.smoothing import DEFAULT_ALPHA, smooth_file
 
 SMALL_TABLE_SHARE = 0.01  # lookup tables below this share of a file's quantizable bytes stay float
 
@@ -40,6 +41,7 @@ class QuantSettings:
     static: bool = False
     static_ops: str = "weights"  # static only: "weights" or "all"
     small_tables_float: bool = True  # dynamic only: see SMALL_TABLE_SHARE
+    smoothing: float = DEFAULT_ALPHA  # SmoothQuant alpha (runtime/smoothing.py); 0: off
 
     @property
     def mode(self) -> str:
@@ -59,12 +61,14 @@ class QuantSettings:
         else:
             what = f"dynamic int8 ({self.choice.preset.description}), {scales} weights"
         range_note = ", 7-bit weights" if self.choice.preset.reduce_range and "7 bits" not in what else ""
+        if self.smoothing:
+            range_note += f", activations smoothed into the weights (SmoothQuant, alpha {self.smoothing:g})"
         return f"{what}{range_note}; preset {self.choice.preset.name}: {self.choice.reason}"
 
     def as_dict(self) -> dict:
         return {"mode": self.mode, "format": "QDQ" if self.static else "QOperator", "per_channel": self.per_channel,
                 "weight_type": self.weight_type(), "activation_type": "QUInt8",
-                "reduce_range": self.choice.preset.reduce_range,
+                "reduce_range": self.choice.preset.reduce_range, "smoothing_alpha": self.smoothing,
                 **({"static_ops": self.static_ops, "calibration": "minmax"} if self.static else
                    {"small_tables_float": self.small_tables_float}),
                 "cpu": self.choice.as_dict()}
@@ -207,13 +211,12 @@ def linked_source(src: Path, names: list[str], into: Path) -> Path:
 def quantize_file(src: Path, dst: Path, settings: QuantSettings, weights: FileWeights,
                   exclude: list[str] | tuple = (), only: list[str] | None = None,
                   calibration: list[dict] | None = None, input_names: set[str] | None = None,
-                  calibration_cache: Path | None = None) -> int:
+                  calibration_cache: Path | None = None, maxima=None) -> int:
     """Quantize one ONNX file ``src`` (a path ONNX Runtime may write beside: see
     ``linked_source``) into ``dst``. ``exclude``: node names kept float; ``only``: when given,
-    quantize no node outside it. Returns how many weight nodes were quantized (0: ``dst`` is a copy
-    of ``src``)."""
-    from modelexport.compat import gemm_rewrite_suffixes
-
+    quantize no node outside it; ``maxima``: the activation statistics for smoothing (an
+    ``ActivationMaxima``, used when ``settings.smoothing``). Returns how many weight nodes were
+    quantized (0: ``dst`` is a copy of ``src``)."""
     chosen = [n for n in weights.nodes if n not in set(exclude)]
     if not settings.static and settings.small_tables_float:
         small = set(small_tables(weights))
@@ -224,6 +227,24 @@ def quantize_file(src: Path, dst: Path, settings: QuantSettings, weights: FileWe
     if not chosen:
         _copy_model(src, dst)
         return 0
+    if settings.smoothing and maxima is not None and maxima.maxima:
+        # every activation is smoothed, whatever is kept float: the graph (and so a static
+        # calibration cache) is then the same for every trial of a search
+        smoothed = Path(dst).parent / f".smoothed-{Path(dst).name}"
+        try:
+            if smooth_file(src, smoothed, maxima, settings.smoothing):
+                return _quantize_chosen(smoothed, dst, settings, weights, chosen, exclude, only, calibration,
+                                        input_names, calibration_cache)
+        finally:
+            for p in (smoothed, smoothed.with_name(smoothed.name + ".data")):
+                p.unlink(missing_ok=True)
+    return _quantize_chosen(src, dst, settings, weights, chosen, exclude, only, calibration, input_names,
+                            calibration_cache)
+
+
+def _quantize_chosen(src, dst, settings, weights, chosen, exclude, only, calibration, input_names,
+                     calibration_cache) -> int:
+    from modelexport.compat import gemm_rewrite_suffixes
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     weight_type = getattr(QuantType, settings.weight_type())

@@ -239,6 +239,11 @@ class Trials:
         self.calibration = calibration or feeds_by_file
         self.reference = run_outputs(self.src, feeds_by_file)
         self.readable = linked_source(self.src, names, self.work / "source")
+        from modelexport.runtime.quantize_measure import folder_config
+        from modelexport.runtime.transform import smoothing_statistics
+
+        # measured once: every trial and the final folder smooth with the same statistics
+        self.maxima = smoothing_statistics(self.readable, names, settings, self.calibration, folder_config(self.src))
         self.trial_dir = self.work / "trial"
         self.trial_dir.mkdir(exist_ok=True)
         self.count = 0
@@ -257,7 +262,8 @@ class Trials:
             cache = self.work / f"{name}.calibration.json" if self.settings.static and calibration is None else None
             quantize_file(self.readable / name, folder / name, self.settings, self.weights.files[name], exclude,
                           only_nodes, calibration=(calibration or self.calibration).get(name),
-                          input_names=self.weights.input_names[name], calibration_cache=cache)
+                          input_names=self.weights.input_names[name], calibration_cache=cache,
+                          maxima=self.maxima.get(name))
 
     def measure(self, kept=(), only=None) -> Accuracy:
         key = (frozenset(kept), None if only is None else frozenset(only))
@@ -508,8 +514,9 @@ def quantize_to_target(src: Path, out: Path, candidates: list[str] | None, feeds
         full_dir = work / "full"
         trials.quantize_into(full_dir, calibration=calibration)
         note(f"writing {out} with {len(kept)} module(s) float")
+        # the static ranges, and the smoothing statistics of both modes, from the calibration inputs
         result_folder = quantize_folder(src, out, kept, force=force, settings=settings,
-                                        calibration=calibration)  # validated before it replaces anything
+                                        calibration=feeds_by_file)  # validated before it replaces anything
         del result_folder
         reference = run_outputs(src, eval_feeds)
         result = TargetResult(kept, accuracy(reference, run_outputs(out, eval_feeds)),

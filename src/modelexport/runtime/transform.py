@@ -379,6 +379,7 @@ def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = Fa
     from modelexport.folder.staging import staged_output_dir
     from modelexport.hierarchy.selection import select_modules
     from modelexport.runtime.cpu_presets import this_machine
+    from modelexport.runtime.quantize_measure import folder_config
     from modelexport.runtime.quantize_ort import QuantSettings, file_weights, linked_source, quantize_file
 
     src, out = Path(src), Path(out)
@@ -404,15 +405,18 @@ def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = Fa
                                "does not quantize; quantize it dynamically (no --static)")
     with staged_output_dir(out, force, [src]) as staging, tempfile.TemporaryDirectory(dir=staging) as tmp:
         readable = linked_source(src, names, Path(tmp) / "source")
+        maxima = smoothing_statistics(readable, names, settings, calibration, folder_config(src))
         quantized = {}
         for name in names:
             inputs = {i.name for i in graphs[name].graph.input}
             quantized[name] = quantize_file(readable / name, staging / name, settings, weights[name],
                                             selection.names_in(name), calibration=(calibration or {}).get(name),
-                                            input_names=inputs)
+                                            input_names=inputs, maxima=maxima.get(name))
         shutil.rmtree(Path(tmp) / "source")
         copy_side_files(src, staging)
         result.settings = settings.as_dict()
+        if maxima:
+            result.settings["smoothing_statistics"] = sorted({m.source for m in maxima.values()})
         result.quantized_nodes = quantized
         if result.tagged:
             files = _restore_all(src, staging, names, modules)
@@ -423,6 +427,17 @@ def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = Fa
         if validate:
             check_derived_folder(staging, "quantized", result.tagged)
     return result
+
+
+def smoothing_statistics(folder: Path, names: list[str], settings, feeds_by_file, config: dict) -> dict:
+    """file -> ``ActivationMaxima`` when the settings smooth activations (else empty): measured on
+    ``feeds_by_file`` (calibration inputs) where given, else on random token ids (``config``: the
+    exported folder's, for the vocabulary size)."""
+    if not settings.smoothing:
+        return {}
+    from modelexport.runtime.smoothing import folder_maxima
+
+    return folder_maxima(folder, names, feeds_by_file, config)
 
 
 def _modules(src: Path):
