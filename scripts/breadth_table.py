@@ -451,6 +451,10 @@ def main() -> int:
         types = [t for t in SAMPLE if t in everything]
     elif args.types:
         types = args.types.split(",")
+        unknown = [t for t in types if t not in everything]
+        if unknown:  # a row for them would count in no table's denominator
+            print(f"not mapped to a PyTorch model by this transformers: {', '.join(unknown)}", file=sys.stderr)
+            return 1
     else:
         types = everything
     if args.keep_work:
@@ -469,8 +473,9 @@ def main() -> int:
         fresh = {r["model_type"] for r in rows}
         rows += [r for r in previous["rows"] if r["model_type"] not in fresh]
         run["seconds"] = previous["run"].get("seconds", 0)
-        run["updated"] = sorted(fresh)
-        run["update_seconds"] = round(seconds, 1)
+        # the note lists every row re-run since the full run, not only this call's
+        run["updated"] = sorted(fresh | set(previous["run"].get("updated") or ()))
+        run["update_seconds"] = round(seconds + previous["run"].get("update_seconds", 0), 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"run": run, "rows": sorted(rows, key=lambda r: r["model_type"])}, indent=1) + "\n",
                     encoding="utf-8")

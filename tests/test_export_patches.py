@@ -77,3 +77,81 @@ def test_module_to_that_changes_nothing_returns_the_module_during_the_export():
         ints.register_buffer("ids", torch.arange(3))
         assert ints.to(torch.float32) is ints  # Module.to leaves integer buffers as they are
     assert torch.nn.Module.to is original_to
+
+
+def _leaves(output):
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [t for o in output for t in _leaves(o)]
+    if hasattr(output, "to_tuple"):
+        return _leaves(output.to_tuple())
+    return []
+
+
+@pytest.mark.parametrize("model_type, head", [("ernie4_5_moe", "Ernie4_5_MoeForCausalLM"),
+                                              ("minimax", "MiniMaxForCausalLM"),
+                                              ("jamba", "JambaForCausalLM"), ("phimoe", "PhimoeForCausalLM"),
+                                              ("qwen3_next", "Qwen3NextForCausalLM")])
+def test_mixtral_loop_copies_return_what_the_loop_returns(model_type, head):
+    """transformers 4.57's MoE blocks that copy Mixtral's loop over the experts the router hit: the
+    loop alone is rewritten to run every expert, and each block returns what it returned, on the
+    router's real choices of a real tiny model (and the whole model its logits)."""
+    from modelexport.exporter.generic.patches import _loops_over_hit_experts
+    from modelexport.testing.breadth import build_tiny
+
+    import transformers
+
+    if not hasattr(transformers, head):
+        pytest.skip(f"{head} is not in this transformers")
+    model = build_tiny(model_type, head, "text-generation")
+    blocks = [m for m in model.modules() if _loops_over_hit_experts(m)]
+    if not blocks:
+        pytest.skip(f"this transformers' {model_type} has no copy of Mixtral's loop (transformers 5: experts class)")
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    hidden = torch.randn(2, 7, blocks[0].experts[0].down_proj.out_features if hasattr(
+        blocks[0].experts[0], "down_proj") else model.config.hidden_size)
+    with torch.no_grad():
+        expected = [_leaves(b(hidden)) for b in blocks]
+        logits = model(input_ids=ids, use_cache=False).logits
+        with export_patches(model) as applied:
+            got = [_leaves(b(hidden)) for b in blocks]
+            patched_logits = model(input_ids=ids, use_cache=False).logits
+            names = {p.name for p in applied}
+        after = [_leaves(b(hidden)) for b in blocks]
+    assert "dense-moe-experts" in names
+    for want, have, back in zip(expected, got, after):
+        assert len(want) == len(have) > 0
+        for w, h, b in zip(want, have, back):
+            torch.testing.assert_close(h, w, rtol=1e-5, atol=1e-6)
+            assert torch.equal(b, w)
+    torch.testing.assert_close(patched_logits, logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type, head", [("jamba", "JambaForCausalLM"), ("bamba", "BambaForCausalLM"),
+                                              ("zamba", "ZambaForCausalLM"), ("zamba2", "Zamba2ForCausalLM")])
+def test_state_space_mask_kept_returns_the_same_logits(model_type, head):
+    """transformers 4.57's hybrid decoders drop a mask of ones, or skip multiplying by it, after a
+    data-dependent test; patched, the mask is always multiplied in: the same logits, with a mask
+    of ones and with padding, and the classes have their own methods back afterwards."""
+    import transformers
+
+    from modelexport.testing.breadth import build_tiny
+
+    model = build_tiny(model_type, head, "text-generation")
+    methods = {(type(m), name): type(m).__dict__[name] for m in model.modules()
+               for name in ("_update_mamba_mask", "slow_forward", "torch_forward") if name in type(m).__dict__}
+    with export_patches(model) as applied:
+        names = {p.name for p in applied}
+    if "mask-by-shape" not in names and int(transformers.__version__.split(".")[0]) >= 5:
+        pytest.skip(f"transformers 5's {model_type} tests no mask by its data")
+    assert "mask-by-shape" in names
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    masks = [torch.ones(2, 7, dtype=torch.long), torch.tensor([[1] * 7, [0, 0] + [1] * 5])]
+    with torch.no_grad():
+        expected = [model(input_ids=ids, attention_mask=m, use_cache=False).logits for m in masks]
+        with export_patches(model):
+            got = [model(input_ids=ids, attention_mask=m, use_cache=False).logits for m in masks]
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
+    assert all(cls.__dict__[name] is original for (cls, name), original in methods.items())

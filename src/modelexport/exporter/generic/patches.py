@@ -16,6 +16,12 @@ Patches (each has a test that the patched forward returns what the original retu
   transformers 5's shared experts class (``@use_experts_implementation``) holds the experts'
   weights as one tensor and is replaced as one module. transformers 4.57's DeepSeek-V2/V3, dots1,
   GLM-4-MoE and LongCat route first and loop in a ``moe`` method: that method is replaced.
+  transformers 4.57's Ernie 4.5 MoE, MiniMax, Qwen3-Next, HunYuan-MoE, Qwen3-Omni-MoE, Jamba,
+  PhiMoE and FlexOlmo write Mixtral's loop (or a loop over every expert that indexes the tokens
+  routed to it) into a forward of their own: that loop alone is rewritten (``_HIT_LOOPS``).
+- ``mask-by-shape``: transformers 4.57's hybrid state-space decoders drop an all-ones mask after
+  ``torch.all(attention_mask == 1)`` (data-dependent); the mask is kept instead. Zamba's and
+  Zamba2's mixers multiply by the mask only ``if not torch.all(attention_mask == 1)``: always.
 - ``placeholder-checks-removed``: transformers 4.57's vision-language models check, in Python,
   that the prompt has as many image tokens as the image has features
   (``if inputs_embeds[mask].numel() != image_features.numel(): raise``): a data-dependent branch
@@ -173,11 +179,21 @@ def _is_sparse_block(module) -> bool:
         isinstance(getattr(module, "experts", None), torch.nn.ModuleList)
 
 
+def _recompiled(function, transformer: ast.NodeTransformer):
+    """``function`` compiled again from its own source after ``transformer`` rewrote it (in the
+    module globals it was defined in; decorators dropped)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    tree = ast.fix_missing_locations(transformer.visit(tree))
+    definition = tree.body[0]
+    definition.decorator_list = []
+    namespace: dict = {}
+    exec(compile(tree, inspect.getsourcefile(function) or "<patched>", "exec"), function.__globals__, namespace)
+    return namespace[definition.name]
+
+
 def without_raising_branches(function):
     """``function`` recompiled from its source with every ``if`` whose body is only a ``raise``
     (and has no ``else``) replaced by ``pass``: input checks, not computation."""
-    source = textwrap.dedent(inspect.getsource(function))
-    tree = ast.parse(source)
 
     class Strip(ast.NodeTransformer):
         def visit_If(self, node):  # noqa: N802 (ast's visitor naming)
@@ -186,12 +202,156 @@ def without_raising_branches(function):
                 return ast.copy_location(ast.Pass(), node)
             return node
 
-    tree = ast.fix_missing_locations(Strip().visit(tree))
-    definition = tree.body[0]
-    definition.decorator_list = []
-    namespace: dict = {}
-    exec(compile(tree, inspect.getsourcefile(function) or "<patched>", "exec"), function.__globals__, namespace)
-    return namespace[definition.name]
+    return _recompiled(function, Strip())
+
+
+# transformers 4.57's sparse MoE loops, word for word as Mixtral wrote the first (Ernie 4.5 MoE,
+# MiniMax, Qwen3-Next, HunYuan-MoE and Qwen3-Omni-MoE copied it) and as Jamba, PhiMoE and FlexOlmo
+# wrote the others (a loop over every expert that indexes the tokens routed to it); the rest of
+# their forward (routing, shared experts, gates) differs and is kept. Only these exact loops (and
+# `expert_hit`) are rewritten.
+_HIT_EXPERTS = "expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()"
+_HIT_LOOPS = ("""
+for expert_idx in expert_hit:
+    expert_layer = self.experts[expert_idx]
+    idx, top_x = torch.where(expert_mask[expert_idx].squeeze(0))
+    current_state = hidden_states[None, top_x].reshape(-1, hidden_dim)
+    current_hidden_states = expert_layer(current_state) * routing_weights[top_x, idx, None]
+    final_hidden_states.index_add_(0, top_x, current_hidden_states.to(hidden_states.dtype))
+""", """
+for expert_idx in range(self.num_experts):
+    expert_layer = self.experts[expert_idx]
+    idx, top_x = torch.where(expert_mask[expert_idx])
+    current_state = hidden_states[None, top_x].reshape(-1, hidden_dim)
+    current_hidden_states = expert_layer(current_state) * routing_weights[top_x, idx, None]
+    final_hidden_states.index_add_(0, top_x, current_hidden_states.to(hidden_states.dtype))
+""", """
+for expert_idx in range(self.num_experts):
+    expert_layer = self.experts[expert_idx]
+    idx, top_x = torch.where(expert_mask[expert_idx])
+    if top_x.shape[0] == 0:
+        continue
+    current_state = hidden_states[None, top_x].reshape(-1, hidden_dim)
+    current_hidden_states = expert_layer(current_state) * routing_weights[top_x, idx, None]
+    final_hidden_states.index_add_(0, top_x, current_hidden_states.to(hidden_states.dtype))
+""")
+# every expert on every token, weighted by the router's weight for that expert (0 where the token
+# did not choose it): expert_mask is one-hot experts x top_k x tokens, routing_weights tokens x top_k
+_DENSE_LOOP = """
+for expert_idx, expert_layer in enumerate(self.experts):
+    expert_weight = (expert_mask[expert_idx].transpose(0, 1).to(routing_weights.dtype) * routing_weights).sum(
+        dim=-1, keepdim=True)
+    current_hidden_states = expert_layer(hidden_states) * expert_weight
+    final_hidden_states = final_hidden_states + current_hidden_states.to(hidden_states.dtype)
+"""
+
+
+def _dump(code: str) -> str:
+    return ast.dump(ast.parse(textwrap.dedent(code)).body[0])
+
+
+class _DenseHitLoop(ast.NodeTransformer):
+    def __init__(self):
+        self.hit, self.loops = _dump(_HIT_EXPERTS), {_dump(loop) for loop in _HIT_LOOPS}
+        self.replaced = 0
+
+    def visit_Assign(self, node):  # noqa: N802
+        return ast.copy_location(ast.Pass(), node) if ast.dump(node) == self.hit else node
+
+    def visit_For(self, node):  # noqa: N802
+        if ast.dump(node) not in self.loops:
+            return self.generic_visit(node)
+        self.replaced += 1
+        return ast.copy_location(ast.parse(textwrap.dedent(_DENSE_LOOP)).body[0], node)
+
+
+def dense_hit_expert_loop(function):
+    """``forward`` recompiled with transformers 4.57's loop over the experts the router hit
+    replaced by a loop over every expert (``_DENSE_LOOP``)."""
+    return _recompiled(function, _DenseHitLoop())
+
+
+_LOOPS_OVER_HIT_EXPERTS: dict[type, bool] = {}
+
+
+def _loops_over_hit_experts(module) -> bool:
+    cls = type(module)
+    if cls not in _LOOPS_OVER_HIT_EXPERTS:
+        found = False
+        forward = cls.__dict__.get("forward")
+        if forward is not None and isinstance(getattr(module, "experts", None), torch.nn.ModuleList):
+            try:
+                transformer = _DenseHitLoop()
+                transformer.visit(ast.parse(textwrap.dedent(inspect.getsource(forward))))
+                found = transformer.replaced == 1
+            except (OSError, TypeError, SyntaxError):
+                found = False
+        _LOOPS_OVER_HIT_EXPERTS[cls] = found
+    return _LOOPS_OVER_HIT_EXPERTS[cls] and not module.training
+
+
+def mask_when_prefilling(self, attention_mask, cache_position):
+    """transformers 4.57's ``_update_mamba_mask`` / ``_update_linear_attn_mask`` (Jamba, Bamba,
+    Qwen3-Next, GraniteMoeHybrid, Falcon-H1) return None for a mask of all ones, tested with
+    ``torch.all(attention_mask == 1)``: data-dependent. The state layers only multiply by the
+    mask, so a mask of ones changes nothing: it is returned whenever the step covers the whole
+    mask (no cache), and None on cached steps, as the original does, decided by shapes."""
+    if attention_mask is not None and attention_mask.shape[-1] == cache_position.shape[0]:
+        return attention_mask
+    return None
+
+
+_MASK_METHODS = ("_update_mamba_mask", "_update_linear_attn_mask")
+_MIXER_METHODS = ("slow_forward", "torch_forward")  # the state-space mixers' paths without CUDA kernels
+
+
+class _MaskTestToTrue(ast.NodeTransformer):
+    """``not torch.all(attention_mask == 1)`` -> ``True``: the mask is then always multiplied in,
+    which changes nothing where it is all ones (Zamba's and Zamba2's mixers)."""
+
+    def __init__(self):
+        self.test = ast.dump(ast.parse("torch.all(attention_mask == 1)").body[0].value)
+        self.replaced = 0
+
+    def visit_UnaryOp(self, node):  # noqa: N802
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Not) and ast.dump(node.operand) == self.test:
+            self.replaced += 1
+            return ast.copy_location(ast.Constant(True), node)
+        return node
+
+
+_TESTS_MASK_BY_DATA: dict[tuple[type, str], bool] = {}
+
+
+def _mixer_tests_mask_by_data(method_name: str):
+    def matches(module) -> bool:
+        cls = type(module)
+        if (cls, method_name) not in _TESTS_MASK_BY_DATA:
+            method, found = cls.__dict__.get(method_name), False
+            if method is not None:
+                try:
+                    transformer = _MaskTestToTrue()
+                    transformer.visit(ast.parse(textwrap.dedent(inspect.getsource(method))))
+                    found = transformer.replaced > 0
+                except (OSError, TypeError, SyntaxError):
+                    found = False
+            _TESTS_MASK_BY_DATA[(cls, method_name)] = found
+        return _TESTS_MASK_BY_DATA[(cls, method_name)]
+    return matches
+
+
+def _masks_by_data(method_name: str):
+    def matches(module) -> bool:
+        method = type(module).__dict__.get(method_name)
+        if method is None:
+            return False
+        try:
+            source = inspect.getsource(method)
+        except (OSError, TypeError):
+            return False
+        return "torch.all(attention_mask == 1)" in source and "cache_position[0] > 0" in source
+    return matches
 
 
 def _checks_placeholders_in_python(module) -> bool:
@@ -224,6 +384,15 @@ PATCHES = (
     Patch("dense-moe-experts", "MoE experts dict looping over the experts the router hit (data-dependent): every "
           "expert computed, weighted by the router", _is_expert_dict,
           lambda original: _EXPERT_DICTS[(original.__module__, original.__qualname__.partition(".")[0])], derived=True),
+    Patch("dense-moe-experts", "sparse MoE loop over the experts the router hit (data-dependent): every expert "
+          "computed, weighted by the router", _loops_over_hit_experts, dense_hit_expert_loop, derived=True),
+    *(Patch("mask-by-shape", "mask of all ones dropped after a data-dependent test (torch.all(mask == 1)): the "
+            "mask is kept (multiplying by ones changes nothing), dropped on cached steps by shape",
+            _masks_by_data(name), mask_when_prefilling, method=name) for name in _MASK_METHODS),
+    *(Patch("mask-by-shape", "padding mask applied only after a data-dependent test (not torch.all(mask == 1)): "
+            "always applied (multiplying by ones changes nothing)", _mixer_tests_mask_by_data(name),
+            lambda original: _recompiled(original, _MaskTestToTrue()), method=name, derived=True)
+      for name in _MIXER_METHODS),
     Patch("placeholder-checks-removed", "image-token count checked in Python (data-dependent): the check's raise "
           "branches removed from get_placeholder_mask", _checks_placeholders_in_python, without_raising_branches,
           method="get_placeholder_mask", derived=True),
