@@ -108,6 +108,37 @@ def test_decoder_with_kv_cache_generates_what_transformers_generates(llama_dir, 
                                                      do_sample=False, pad_token_id=1).numpy())
 
 
+# -- a decoder whose cache torch.export cannot trace: exported without it, said -----------------
+def test_decoder_whose_cache_fails_exports_without_it_when_the_cache_was_our_choice(tmp_path):
+    """DeepSeek-V3.2 (transformers 5) keeps its sparse-attention indexer's keys in the cache apart
+    from the key/value layers; traced with a past, its mask and those keys disagree ("Attempting to
+    broadcast"). With the task ours to choose, the folder is the plain text-generation one, a
+    note says why, and it generates PyTorch's tokens; the task named by the user keeps the error."""
+    import transformers
+
+    from modelexport.testing.breadth import build_tiny
+
+    if not hasattr(transformers, "DeepseekV32ForCausalLM"):
+        pytest.skip("DeepSeek-V3.2 is in transformers 5 only")
+    source = tmp_path / "src"
+    model = build_tiny("deepseek_v32", "DeepseekV32ForCausalLM", "text-generation", source)
+    result, meta = _export(source, tmp_path / "out")
+    assert result.task == "text-generation" and meta["generic"]["layout"] == "single"
+    note = next(n for n in meta["generic"]["input_notes"] if n.startswith("the export with the KV cache failed"))
+    assert "Attempting to broadcast" in note and "exported without it" in note
+    assert note in result.files[0].warnings  # printed by the CLI as a warning, not only recorded
+    assert all(f.validation["passed"] for f in result.files)
+    _assert_tags_are_the_parameters_owners(model, tmp_path / "out", result)
+    ids = torch.tensor([[5, 17, 42, 9, 33, 2], [1, 1, 8, 64, 12, 7]])
+    mask = torch.ones_like(ids)
+    expected, got = _generate_both(model, modelexport.load(tmp_path / "out"), ids, mask, do_sample=False,
+                                   max_new_tokens=8, pad_token_id=1)
+    np.testing.assert_array_equal(got, expected)
+    line = one_error_line(run_cli("export", source, tmp_path / "asked", "--task", "text-generation-with-past"))
+    assert "torch.export could not export model.onnx of DeepseekV32ForCausalLM" in line
+    assert not (tmp_path / "asked").exists()
+
+
 # -- an MoE decoder: the expert loop is patched for the trace ----------------------------------
 def test_moe_decoder_is_patched_and_generates_what_transformers_generates(mixtral_dir, tmp_path):
     from transformers import AutoModelForCausalLM

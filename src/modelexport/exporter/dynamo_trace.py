@@ -12,7 +12,9 @@ needs matching dynamic outputs.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import os
 import re
 from pathlib import Path
@@ -27,6 +29,19 @@ def tensor_leaves(inputs):
     from modelexport.compat import tree_flatten
 
     return tree_flatten(inputs)
+
+
+@contextlib.contextmanager
+def _export_error_log_off():
+    """torch.export logs a failed trace at ERROR ("always_classified is unsupported") before it
+    raises the same failure: the exception is what we report (one line, or a retry that works)."""
+    logger = logging.getLogger("torch.export._trace")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def dynamic_shapes_for(inputs, input_names: list[str] | None, dynamic_axes: dict | None, auto: bool = False):
@@ -182,7 +197,7 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
     def trace(auto: bool):
         from modelexport.compat import torchlib_registry_reused
 
-        with torchlib_registry_reused():
+        with torchlib_registry_reused(), _export_error_log_off():
             return _trace(auto)
 
     def _trace(auto: bool):

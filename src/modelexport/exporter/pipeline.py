@@ -345,6 +345,7 @@ def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter:
 def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_code: bool,
                   static_shapes: dict | None = None) -> PathOutput:
     from modelexport.compat import dynamo_opset_range
+    from modelexport.errors import ModelExportError
     from modelexport.exporter.generic.export import plan_export, trace_files, validate_files
     from modelexport.exporter.generic.inputs import Preprocessors
     from modelexport.exporter.generic.wrappers import SCOPE_PREFIX
@@ -354,8 +355,23 @@ def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_cod
     with phases("export", "Exporting with torch.export (inputs from the model, no Optimum config)"):
         plan = plan_export(loaded, source.task, Preprocessors(folder, trust_remote_code), source.library,
                            static_shapes)
+        try:
+            infos, patches = trace_files(plan, loaded, staging, opset or dynamo_opset_range()[0])
+        except ModelExportError as e:
+            # A decoder whose cache torch.export cannot trace (DeepSeek-V3.2's indexer keys, cached
+            # apart from the key/value layers) still exports without it when the cache was our
+            # choice; the note says why. A task the user named is theirs: the error stands.
+            if not (source.past_chosen and plan.layout == "decoder-with-past"):
+                raise
+            _empty(staging)
+            plan = plan_export(loaded, source.task.replace("-with-past", ""),
+                               Preprocessors(folder, trust_remote_code), source.library)
+            fallback = (f"the export with the KV cache failed ({e}): exported without it (each step runs the "
+                        f"whole sequence; --task {source.task} shows the error)")
+            plan.notes.append(fallback)
+            infos, patches = trace_files(plan, loaded, staging, opset or dynamo_opset_range()[0])
+            infos[0].trace_warnings.append(fallback)  # printed, not only recorded
         source.task = plan.task
-        infos, patches = trace_files(plan, loaded, staging, opset or dynamo_opset_range()[0])
         if static_shapes:  # every value's shape fixed, for compilers (see static_shapes.py)
             from modelexport.exporter.static_shapes import infer_static_shapes
 

@@ -22,6 +22,7 @@ class ModelSource:
     library: str
     task: str
     model_type: str
+    past_chosen: bool = False  # the KV-cache task was our choice (the user named no task)
 
 
 def looks_like_path(model: str) -> bool:

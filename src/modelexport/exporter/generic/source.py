@@ -70,5 +70,6 @@ def settle_cache(model, source: ModelSource, task_given: bool) -> None:
     base = source.task.replace("-with-past", "")
     if not task_given and base in GENERATIVE and accepts_cache(model):
         source.task = base + "-with-past"
+        source.past_chosen = True
     if source.task.endswith("-with-past") and not accepts_cache(model):
         raise TaskError(f"{type(model).__name__} takes no KV cache: export it with --task {base}")
