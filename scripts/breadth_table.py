@@ -331,7 +331,9 @@ def section_markdown(section: str, data: dict) -> list[str]:
              f"timeout {run.get('timeout')} s per type; {versions}); wall clock {run.get('seconds', 0) / 60:.0f} min "
              f"for {len(rows)} types. Raw rows: `benchmarks/results/breadth-{section}.json`."
              + (f" Then {len(run['updated'])} types re-run with later code (`--update`, "
-                f"{run.get('update_seconds', 0) / 60:.0f} min): {', '.join(run['updated'])}."
+                f"{run.get('update_seconds', 0) / 60:.0f} min"
+                + (f", timeout up to {run['update_timeout']} s" if run.get("update_timeout", 0) > run["timeout"] else "")
+                + f"): {', '.join(run['updated'])}."
                 if run.get("updated") else ""), ""]
     lines += ["### The ten most common reasons (first failure of each row)", ""]
     lines += top_reasons(rows, first_problem)
@@ -476,6 +478,7 @@ def main() -> int:
         # the note lists every row re-run since the full run, not only this call's
         run["updated"] = sorted(fresh | set(previous["run"].get("updated") or ()))
         run["update_seconds"] = round(seconds + previous["run"].get("update_seconds", 0), 1)
+        run["update_timeout"] = max(args.timeout, previous["run"].get("update_timeout", 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"run": run, "rows": sorted(rows, key=lambda r: r["model_type"])}, indent=1) + "\n",
                     encoding="utf-8")
