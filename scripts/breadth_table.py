@@ -474,7 +474,10 @@ def main() -> int:
         previous = json.loads(path.read_text())
         fresh = {r["model_type"] for r in rows}
         rows += [r for r in previous["rows"] if r["model_type"] not in fresh]
-        run["seconds"] = previous["run"].get("seconds", 0)
+        # the header describes the full run; what the re-runs used is said apart
+        for key in ("date", "seconds", "jobs", "timeout", "types_run", "load_average_after"):
+            if key in previous["run"]:
+                run[key] = previous["run"][key]
         # the note lists every row re-run since the full run, not only this call's
         run["updated"] = sorted(fresh | set(previous["run"].get("updated") or ()))
         run["update_seconds"] = round(seconds + previous["run"].get("update_seconds", 0), 1)
