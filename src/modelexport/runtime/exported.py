@@ -260,8 +260,29 @@ class ExportedModel:
         prepared, processors, stopping = generation_components(config, generation_config, ids, **options)
         if seed is not None:
             torch.manual_seed(seed)
-        step = self._cached_step(extra) if self.layout == "decoder-with-past" else self._full_step(extra)
+        types = self._token_types(extra.pop("token_type_ids", None))
+        step = self._cached_step(extra, types) if self.layout == "decoder-with-past" else self._full_step(extra, types)
         return _decode(step, ids, mask, prepared, processors, stopping).numpy()
+
+    def _token_types(self, given):
+        """``length -> token_type_ids`` for the prompt's and the generated tokens, as transformers'
+        generate extends them: the last column repeated (``GenerationMixin``), or the value the
+        model's own override gives generated tokens (``GENERATED_TOKEN_TYPE``); None if not given."""
+        if given is None:
+            return None
+        types = _numpy(given).astype(np.int64)
+        model_type = self.config_dict.get("model_type")
+        fill = GENERATED_TOKEN_TYPE.get(model_type)
+
+        def upto(length: int) -> np.ndarray:
+            missing = length - types.shape[1]
+            if missing <= 0:
+                return types[:, :length]
+            tail = (np.full((types.shape[0], missing), fill, np.int64) if fill is not None
+                    else np.repeat(types[:, -1:], missing, axis=1))
+            return np.concatenate([types, tail], axis=1)
+
+        return upto
 
     def _model_input_names(self) -> set[str]:
         return {name for f in self.files.values() for name in f.inputs}
@@ -275,7 +296,7 @@ class ExportedModel:
             generation_config = None
         return self.config, generation_config
 
-    def _cached_step(self, extra: dict):
+    def _cached_step(self, extra: dict, types=None):
         f = self.main_file()
         past_inputs = [n for n in f.inputs if n.startswith("past_key_values.")]
 
@@ -283,6 +304,8 @@ class ExportedModel:
             import torch
 
             feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), **extra}
+            if types is not None:  # the new tokens' types (the cache holds the earlier ones)
+                feed["token_type_ids"] = types(mask.shape[1])[:, -ids.shape[1]:]
             if "position_ids" in f.inputs:
                 feed["position_ids"] = positions.numpy()
             if state is not None:
@@ -293,7 +316,7 @@ class ExportedModel:
 
         return step
 
-    def _full_step(self, extra: dict):
+    def _full_step(self, extra: dict, types=None):
         """No cache in the graph: every step runs the whole sequence so far."""
         f = self.main_file()
 
@@ -302,6 +325,8 @@ class ExportedModel:
 
             tokens = ids if previous is None else torch.cat([previous["ids"], ids], dim=-1)
             feed = {"input_ids": tokens.numpy(), "attention_mask": mask.numpy(), **extra}
+            if types is not None:
+                feed["token_type_ids"] = types(tokens.shape[1])
             out = f.run(self._completed(f, {k: v for k, v in feed.items() if k in f.inputs}))
             return torch.from_numpy(out["logits"]), {"ids": tokens}
 
@@ -374,6 +399,12 @@ class ExportedModel:
         tokens = _decode(step, decoder_ids, torch.ones_like(decoder_ids), prepared, processors, stopping).numpy()
         # Whisper's generate returns the tokens after its prompt (start, language, task); others the whole sequence
         return tokens[:, len(prompt):] if getattr(config, "model_type", "") == "whisper" else tokens
+
+
+# transformers' generate extends token_type_ids by repeating the last column; these model types
+# override it for generated tokens: PaliGemma gives them 1 (the suffix, attended causally), where a
+# repeated 0 would put them in the prefix that is attended both ways
+GENERATED_TOKEN_TYPE = {"paligemma": 1}
 
 
 def _decode(step, input_ids, attention_mask, prepared, processors, stopping):

@@ -377,6 +377,12 @@ class InputBuilder:
             feed = {"input_ids": ids, **pixels}
             if mask_name:
                 feed[mask_name] = torch.ones_like(ids)
+            if self.takes("token_type_ids"):
+                # what the processors of such models give a prompt without a suffix (PaliGemma:
+                # 0 = the prefix, attended both ways). Left out, the graph has no way to say it:
+                # transformers 5's PaliGemma then attends both ways in eager PyTorch and causally
+                # in the trace (0.097 apart in the logits)
+                feed["token_type_ids"] = torch.zeros_like(ids)
             with torch.no_grad():
                 self.model(**feed)
             return feed
@@ -398,9 +404,9 @@ class InputBuilder:
             else:
                 return False
         inputs.update(feed)
-        axes["input_ids"] = {1: "sequence_length"}
-        if mask_name:
-            axes[mask_name] = {1: "sequence_length"}
+        for name in ("input_ids", mask_name, "token_type_ids"):
+            if name in feed:
+                axes[name] = {1: "sequence_length"}
         count = int((feed["input_ids"] == token).sum())
         notes.append(f"inputs: one image sized from the config and a prompt of {count} image token(s), the count "
                      "the model's own check asks for (the folder has no processor); the text's length varies")
