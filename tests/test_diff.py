@@ -286,3 +286,32 @@ def test_minilm_against_pytorch_pairs_named_and_alias_outputs(minilm_export, cap
     for path in ("0.model.encoder.layer.5", "0.model.encoder.layer.5.output.LayerNorm"):
         assert paired[path]["state"] == "ok" and paired[path]["max_abs"] < 1e-4, path
     assert all(m["cosine"] > 0.99999 for m in paired.values())
+
+
+def test_vision_language_export_against_pytorch_without_inputs(tmp_path, capsys):
+    """A vision-language model exported without a processor (generic path): the dummy token ids
+    have no image tokens and the model refuses them, so `--pytorch` compares on the inputs the
+    export was traced on, made again; inputs the model refuses otherwise are one line, exit 1."""
+    import modelexport
+    from modelexport.testing.breadth import build_tiny
+
+    source, out = tmp_path / "src", tmp_path / "out"
+    model = build_tiny("paligemma", "PaliGemmaForConditionalGeneration", "image-text-to-text", source)
+    modelexport.export(str(source), out)
+    code = cli(["diff", str(out), "--pytorch", "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = json.loads(captured.out)["files"]["model.onnx"]
+    assert doc["inputs"].startswith("the export's own inputs") and "image token" in doc["inputs"]
+    assert "refused dummy inputs" in captured.err
+    rows = {r["module_path"]: r for r in doc["modules"]}
+    assert rows["lm_head"]["max_abs"] < 1e-3 and rows["model.multi_modal_projector.linear"]["max_abs"] < 1e-3
+    # arrays without the image tokens, given by the user: the model's refusal, said in one line
+    ids = np.ones((1, 8), np.int64)
+    np.savez(tmp_path / "x.npz", input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids),
+             pixel_values=np.zeros((1, 3, model.config.vision_config.image_size,
+                                    model.config.vision_config.image_size), np.float32))
+    code = cli(["diff", str(out), "--pytorch", "--inputs", str(tmp_path / "x.npz")])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the progress line: the error, one line, no traceback
+    assert code == 1 and "the PyTorch model refused input 1 (ValueError" in last and "Traceback" not in err

@@ -221,7 +221,8 @@ def _against_pytorch(args) -> int:
     from modelexport.errors import ModelExportError
     from modelexport.folder.loading import load_target
     from modelexport.runtime.feeds import feeds_for
-    from modelexport.runtime.torch_diff import diff_against_pytorch, load_source_model, source_folder
+    from modelexport.runtime.torch_diff import (ModelRefusedInputs, diff_against_pytorch, export_inputs,
+                                                load_source_model, source_folder)
 
     if args.overlay:
         raise ModelExportError("--overlay writes the error B adds per module; with --pytorch there is no B")
@@ -237,7 +238,19 @@ def _against_pytorch(args) -> int:
     feeds, what = feeds_for(target, f, args)
     _progress(f"{f.name}: loading the PyTorch model and running both on {len(feeds)} input(s)")
     model = load_source_model(target.metadata, args.pytorch or None)
-    rows = diff_against_pytorch(f.path, model, target.metadata.library, feeds)
+    try:
+        rows = diff_against_pytorch(f.path, model, target.metadata.library, feeds)
+    except ModelRefusedInputs:
+        # dummy ids the model refuses (a vision-language model needs its image tokens): a generic
+        # single-file export is compared on the inputs it was traced on, made again
+        generic = target.metadata.exporter == "generic" and \
+            (target.metadata.raw.get("generic") or {}).get("layout") == "single"
+        if "dummy" not in what or not generic:
+            raise
+        feeds, what = export_inputs(model, target.metadata, source_folder(target.metadata, args.pytorch or None),
+                                    {i.name for i in f.model.graph.input})
+        _progress(f"{f.name}: the model refused dummy inputs; running both on {what}")
+        rows = diff_against_pytorch(f.path, model, target.metadata.library, feeds)
     rows = _select_torch(rows, args)
     if args.format == "json":
         print(json.dumps({"schema": "modelexport.diff", "schema_version": 2, "a": str(args.a), "b": "pytorch",

@@ -27,6 +27,11 @@ from modelexport.errors import ModelExportError
 from modelexport.runtime.diff import TensorError, _json_number, module_boundaries, tree_order
 
 
+class ModelRefusedInputs(ModelExportError):
+    """The PyTorch model raised on the inputs both sides were to run (a vision-language model
+    given dummy token ids without its image tokens)."""
+
+
 @dataclass
 class TorchModuleDiff:
     module_path: str
@@ -90,6 +95,17 @@ def source_folder(meta, source: str | None) -> Path:
         given = f"{source} is not a folder" if source else "the metadata names no source folder that exists here"
         raise ModelExportError(f"--pytorch needs the source model folder: {given}; pass --pytorch PATH")
     return Path(path)
+
+
+def export_inputs(model, meta, folder: Path, input_names: set[str]) -> tuple[list[dict], str]:
+    """The inputs a generic single-file export was traced and validated on, made again the same
+    way (``InputBuilder``: image tokens as many as the model asks for, the folder's tokenizer or
+    processor), as ONNX Runtime feeds."""
+    from modelexport.exporter.generic.inputs import InputBuilder, Preprocessors
+
+    example = InputBuilder(model, meta.task, Preprocessors(folder)).build(batch=1)
+    feed = {k: v.detach().numpy() for k, v in example.inputs.items() if k in input_names}
+    return [feed], "the export's own inputs (" + "; ".join(example.notes) + ")"
 
 
 def load_source_model(meta, source: str | None):
@@ -185,8 +201,14 @@ def diff_against_pytorch(onnx_path: Path, model, library: str, feeds: list[dict]
                 records.clear()
                 ort_feed = {k: v for k, v in feed.items() if k in names}
                 inputs = torch_inputs(model, library, ort_feed)
-                with torch.inference_mode():
-                    model(inputs) if library == "sentence_transformers" else model(**inputs)
+                try:
+                    with torch.inference_mode():
+                        model(inputs) if library == "sentence_transformers" else model(**inputs)
+                except Exception as e:  # the model's own check of its inputs, said as such
+                    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                    raise ModelRefusedInputs(f"the PyTorch model refused input {run + 1} ({type(e).__name__}: "
+                                             f"{first}); give inputs it accepts: --text/--image through the "
+                                             "folder's tokenizer or processor, or --inputs FILE.npz") from e
                 values = dict(zip(exposed, session.run(exposed, ort_feed)))
                 if run == 0:
                     pairs = pair_outputs(bounds, records, values, reasons, output_index, output_names, aliases)
