@@ -355,22 +355,39 @@ def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_cod
     with phases("export", "Exporting with torch.export (inputs from the model, no Optimum config)"):
         plan = plan_export(loaded, source.task, Preprocessors(folder, trust_remote_code), source.library,
                            static_shapes)
+        # Where the KV cache was our choice (the user named no task), a decoder whose cache export
+        # fails or does not run as PyTorch runs is exported without it, and a warning says why. A
+        # task the user named is theirs: the error stands.
+        may_drop_cache = source.past_chosen and plan.layout == "decoder-with-past"
+
+        def without_cache(what_happened: str):
+            _empty(staging)
+            plain = plan_export(loaded, source.task.replace("-with-past", ""),
+                                Preprocessors(folder, trust_remote_code), source.library)
+            note = (f"the export with the KV cache {what_happened}: exported without it (each step runs the whole "
+                    f"sequence; --task {source.task} keeps the cache)")
+            plain.notes.append(note)
+            traced, applied = trace_files(plain, loaded, staging, opset or dynamo_opset_range()[0])
+            traced[0].trace_warnings.append(note)  # printed, not only recorded
+            return plain, traced, applied
+
+        validated = None
         try:
             infos, patches = trace_files(plan, loaded, staging, opset or dynamo_opset_range()[0])
         except ModelExportError as e:
-            # A decoder whose cache torch.export cannot trace (DeepSeek-V3.2's indexer keys, cached
-            # apart from the key/value layers) still exports without it when the cache was our
-            # choice; the note says why. A task the user named is theirs: the error stands.
-            if not (source.past_chosen and plan.layout == "decoder-with-past"):
+            # DeepSeek-V3.2's indexer keys, cached apart from the key/value layers
+            if not may_drop_cache:
                 raise
-            _empty(staging)
-            plan = plan_export(loaded, source.task.replace("-with-past", ""),
-                               Preprocessors(folder, trust_remote_code), source.library)
-            fallback = (f"the export with the KV cache failed ({e}): exported without it (each step runs the "
-                        f"whole sequence; --task {source.task} shows the error)")
-            plan.notes.append(fallback)
-            infos, patches = trace_files(plan, loaded, staging, opset or dynamo_opset_range()[0])
-            infos[0].trace_warnings.append(fallback)  # printed, not only recorded
+            plan, infos, patches = without_cache(f"failed ({e})")
+        else:
+            if may_drop_cache:
+                # checked now, on a first step (empty past) and a later one: CPM-Ant drops its
+                # prompt tokens only when the past is empty, a branch the trace with a past left out
+                validated = validate_files(plan, loaded, staging)
+                broken = [p for r in validated.values() for p in r["shape_mismatches"] + r["errors"]]
+                if broken:
+                    plan, infos, patches = without_cache(f"does not run as PyTorch runs ({broken[0]})")
+                    validated = None
         source.task = plan.task
         if static_shapes:  # every value's shape fixed, for compilers (see static_shapes.py)
             from modelexport.exporter.static_shapes import infer_static_shapes
@@ -382,7 +399,7 @@ def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_cod
     files = [TracedFile(info.name, info.root, info.trace_warnings) for info in infos]
     details = {"layout": plan.layout, "inputs": {info.name: info.inputs for info in infos},
                "input_notes": plan.notes, "patches": patches}
-    return PathOutput(files, lambda: validate_files(plan, loaded, staging),
+    return PathOutput(files, lambda: validated or validate_files(plan, loaded, staging),
                       ort_model_class_for_io(plan.task, source.library, plan.layout, staging, [f.name for f in files]),
                       details, scope_prefix=SCOPE_PREFIX)
 
