@@ -19,6 +19,13 @@ HELD_OUT = ["A new library opened downtown last week.", "He forgot his umbrella 
             "My phone battery dies too quickly.", "The museum shows paintings from three centuries."]
 
 
+def _default_settings():  # smoothing on, as quantize without options
+    from modelexport.runtime.cpu_presets import this_machine
+    from modelexport.runtime.quantize_ort import QuantSettings
+
+    return QuantSettings(this_machine())
+
+
 def _run(path, feeds):
     from modelexport.runtime.sessions import new_session
 
@@ -32,7 +39,7 @@ def test_smoothing_keeps_the_float_model_and_tags_the_mul(tiny_bert_export, tmp_
     from modelexport.runtime.smoothing import folder_maxima, smooth_file, statistics_feeds
 
     out, _ = tiny_bert_export
-    maxima = folder_maxima(out, ["model.onnx"], None, folder_config(out))["model.onnx"]
+    maxima = folder_maxima(out, ["model.onnx"], _default_settings(), None, folder_config(out))["model.onnx"]
     assert "random token ids" in maxima.source and maxima.maxima
     smoothed = tmp_path / "smoothed.onnx"
     count = smooth_file(out / "model.onnx", smoothed, maxima, 0.6)
@@ -63,7 +70,7 @@ def test_constant_token_ids_do_not_make_statistics(tiny_bert_export):
     out, _ = tiny_bert_export
     ones = {"input_ids": np.ones((1, 8), np.int64), "attention_mask": np.ones((1, 8), np.int64),
             "token_type_ids": np.ones((1, 8), np.int64)}
-    maxima = folder_maxima(out, ["model.onnx"], {"model.onnx": [ones]}, folder_config(out))["model.onnx"]
+    maxima = folder_maxima(out, ["model.onnx"], _default_settings(), {"model.onnx": [ones]}, folder_config(out))["model.onnx"]
     assert "random token ids" in maxima.source
 
 

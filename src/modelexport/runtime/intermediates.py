@@ -14,10 +14,11 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def session_exposing(path: Path, names: list[str]) -> Iterator[object]:
+def session_exposing(path: Path, names: list[str], optimization: str = "disabled") -> Iterator[object]:
     """An InferenceSession of ``path`` whose outputs are the graph's own, then ``names``.
 
-    Graph optimizations are off: the point is to see the values as the file computes them."""
+    Graph optimizations are off by default: the point is to see the values as the file computes
+    them (``optimization``: a ``sessions.LEVELS`` key, for values as a deployed session gives them)."""
     import onnx
 
     from modelexport.runtime.sessions import new_session
@@ -27,12 +28,12 @@ def session_exposing(path: Path, names: list[str]) -> Iterator[object]:
     present = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in present)
     if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        yield new_session(model.SerializeToString(), optimization="disabled")  # nothing written
+        yield new_session(model.SerializeToString(), optimization=optimization)  # nothing written
         return
     probe = path.with_name(f".{path.stem}.{os.getpid()}.probe.onnx")
     try:
         onnx.save(model, str(probe))
-        session = new_session(probe, optimization="disabled")
+        session = new_session(probe, optimization=optimization)
     finally:
         probe.unlink(missing_ok=True)
     yield session

@@ -232,18 +232,17 @@ class Trials:
     def __init__(self, src: Path, work: Path, names: list[str], weights: ModuleWeights, settings,
                  feeds_by_file: dict[str, list[dict]], calibration: dict[str, list[dict]] | None = None,
                  progress=None):
+        from modelexport.runtime.quantize_measure import folder_config
         from modelexport.runtime.quantize_ort import linked_source
+        from modelexport.runtime.smoothing import folder_maxima
 
         self.src, self.work, self.names, self.weights, self.settings = Path(src), Path(work), names, weights, settings
         self.feeds = feeds_by_file
         self.calibration = calibration or feeds_by_file
         self.reference = run_outputs(self.src, feeds_by_file)
         self.readable = linked_source(self.src, names, self.work / "source")
-        from modelexport.runtime.quantize_measure import folder_config
-        from modelexport.runtime.transform import smoothing_statistics
-
         # measured once: every trial and the final folder smooth with the same statistics
-        self.maxima = smoothing_statistics(self.readable, names, settings, self.calibration, folder_config(self.src))
+        self.maxima = folder_maxima(self.readable, names, settings, self.calibration, folder_config(self.src))
         self.trial_dir = self.work / "trial"
         self.trial_dir.mkdir(exist_ok=True)
         self.count = 0

@@ -381,6 +381,7 @@ def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = Fa
     from modelexport.runtime.cpu_presets import this_machine
     from modelexport.runtime.quantize_measure import folder_config
     from modelexport.runtime.quantize_ort import QuantSettings, file_weights, linked_source, quantize_file
+    from modelexport.runtime.smoothing import folder_maxima
 
     src, out = Path(src), Path(out)
     names = _onnx_names(src)
@@ -405,7 +406,7 @@ def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = Fa
                                "does not quantize; quantize it dynamically (no --static)")
     with staged_output_dir(out, force, [src]) as staging, tempfile.TemporaryDirectory(dir=staging) as tmp:
         readable = linked_source(src, names, Path(tmp) / "source")
-        maxima = smoothing_statistics(readable, names, settings, calibration, folder_config(src))
+        maxima = folder_maxima(readable, names, settings, calibration, folder_config(src))
         quantized = {}
         for name in names:
             inputs = {i.name for i in graphs[name].graph.input}
@@ -427,17 +428,6 @@ def quantize_folder(src, out, exclude: list[str] | None = None, force: bool = Fa
         if validate:
             check_derived_folder(staging, "quantized", result.tagged)
     return result
-
-
-def smoothing_statistics(folder: Path, names: list[str], settings, feeds_by_file, config: dict) -> dict:
-    """file -> ``ActivationMaxima`` when the settings smooth activations (else empty): measured on
-    ``feeds_by_file`` (calibration inputs) where given, else on random token ids (``config``: the
-    exported folder's, for the vocabulary size)."""
-    if not settings.smoothing:
-        return {}
-    from modelexport.runtime.smoothing import folder_maxima
-
-    return folder_maxima(folder, names, feeds_by_file, config)
 
 
 def _modules(src: Path):
