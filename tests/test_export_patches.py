@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from modelexport.exporter.generic.patches import export_patches
+from modelexport.testing.breadth import _tensor_leaves as _leaves  # the breadth harness's flattening
 
 
 def _tiny(config_class, **sizes):
@@ -77,16 +78,6 @@ def test_module_to_that_changes_nothing_returns_the_module_during_the_export():
         ints.register_buffer("ids", torch.arange(3))
         assert ints.to(torch.float32) is ints  # Module.to leaves integer buffers as they are
     assert torch.nn.Module.to is original_to
-
-
-def _leaves(output):
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, (tuple, list)):
-        return [t for o in output for t in _leaves(o)]
-    if hasattr(output, "to_tuple"):
-        return _leaves(output.to_tuple())
-    return []
 
 
 @pytest.mark.parametrize("model_type, head", [("ernie4_5_moe", "Ernie4_5_MoeForCausalLM"),

@@ -271,23 +271,29 @@ def dense_hit_expert_loop(function):
     return _recompiled(function, _DenseHitLoop())
 
 
-_LOOPS_OVER_HIT_EXPERTS: dict[type, bool] = {}
+_REWRITES: dict[tuple[type, str, type], int] = {}
+
+
+def _rewrites(cls: type, method_name: str, transformer: type) -> int:
+    """How many places of ``cls``'s own ``method_name`` the AST ``transformer`` would rewrite
+    (0 without such a method or its source); measured once per class."""
+    key = (cls, method_name, transformer)
+    if key not in _REWRITES:
+        method, count = cls.__dict__.get(method_name), 0
+        if method is not None:
+            try:
+                visitor = transformer()
+                visitor.visit(ast.parse(textwrap.dedent(inspect.getsource(method))))
+                count = visitor.replaced
+            except (OSError, TypeError, SyntaxError):
+                count = 0
+        _REWRITES[key] = count
+    return _REWRITES[key]
 
 
 def _loops_over_hit_experts(module) -> bool:
-    cls = type(module)
-    if cls not in _LOOPS_OVER_HIT_EXPERTS:
-        found = False
-        forward = cls.__dict__.get("forward")
-        if forward is not None and isinstance(getattr(module, "experts", None), torch.nn.ModuleList):
-            try:
-                transformer = _DenseHitLoop()
-                transformer.visit(ast.parse(textwrap.dedent(inspect.getsource(forward))))
-                found = transformer.replaced == 1
-            except (OSError, TypeError, SyntaxError):
-                found = False
-        _LOOPS_OVER_HIT_EXPERTS[cls] = found
-    return _LOOPS_OVER_HIT_EXPERTS[cls] and not module.training
+    return isinstance(getattr(module, "experts", None), torch.nn.ModuleList) and not module.training and \
+        _rewrites(type(module), "forward", _DenseHitLoop) == 1
 
 
 def mask_when_prefilling(self, attention_mask, cache_position):
@@ -321,24 +327,8 @@ class _MaskTestToTrue(ast.NodeTransformer):
         return node
 
 
-_TESTS_MASK_BY_DATA: dict[tuple[type, str], bool] = {}
-
-
 def _mixer_tests_mask_by_data(method_name: str):
-    def matches(module) -> bool:
-        cls = type(module)
-        if (cls, method_name) not in _TESTS_MASK_BY_DATA:
-            method, found = cls.__dict__.get(method_name), False
-            if method is not None:
-                try:
-                    transformer = _MaskTestToTrue()
-                    transformer.visit(ast.parse(textwrap.dedent(inspect.getsource(method))))
-                    found = transformer.replaced > 0
-                except (OSError, TypeError, SyntaxError):
-                    found = False
-            _TESTS_MASK_BY_DATA[(cls, method_name)] = found
-        return _TESTS_MASK_BY_DATA[(cls, method_name)]
-    return matches
+    return lambda module: _rewrites(type(module), method_name, _MaskTestToTrue) > 0
 
 
 def _masks_by_data(method_name: str):
