@@ -42,7 +42,7 @@ def test_smoothing_keeps_the_float_model_and_tags_the_mul(tiny_bert_export, tmp_
     maxima = folder_maxima(out, ["model.onnx"], _default_settings(), None, folder_config(out))["model.onnx"]
     assert "random token ids" in maxima.source and maxima.maxima
     smoothed = tmp_path / "smoothed.onnx"
-    count = smooth_file(out / "model.onnx", smoothed, maxima, 0.6)
+    count = smooth_file(out / "model.onnx", smoothed, maxima, 0.6, external=False)
     model = onnx.load(smoothed)
     muls = [n for n in model.graph.node if n.name.endswith("_smooth")]
     assert count == len(muls) > 0

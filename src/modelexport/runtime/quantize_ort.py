@@ -232,7 +232,7 @@ def quantize_file(src: Path, dst: Path, settings: QuantSettings, weights: FileWe
         # calibration cache) is then the same for every trial of a search
         smoothed = Path(dst).parent / f".smoothed-{Path(dst).name}"
         try:
-            if smooth_file(src, smoothed, maxima, settings.smoothing):
+            if smooth_file(src, smoothed, maxima, settings.smoothing, weights.external_data):
                 return _quantize_chosen(smoothed, dst, settings, weights, chosen, exclude, only, calibration,
                                         input_names, calibration_cache)
         finally:

@@ -174,13 +174,12 @@ def _unique(name: str, taken) -> str:
     return candidate
 
 
-def smooth_file(src: Path, dst: Path, maxima: ActivationMaxima, alpha: float) -> int:
-    """Write the smoothed float model of ``src`` to ``dst`` (external data beside it when ``src``
-    has some); returns how many activations were smoothed (0: ``dst`` is not written)."""
+def smooth_file(src: Path, dst: Path, maxima: ActivationMaxima, alpha: float, external: bool) -> int:
+    """Write the smoothed float model of ``src`` to ``dst`` (``external``: ``src`` keeps its weights
+    outside, and so will ``dst``, beside it); returns how many activations were smoothed (0:
+    ``dst`` is not written)."""
     import onnx
 
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL
-                   for t in onnx.load(str(src), load_external_data=False).graph.initializer)
     model = onnx.load(str(src))
     count = smooth_model(model, maxima, alpha)
     if count:
