@@ -241,3 +241,36 @@ def test_latency_on_chosen_shapes_alternating(tiny_bert_export, tmp_path, capsys
     assert step["measured"]["latency"] == doc["latency"]
     assert cli(["quantize", str(out), "-o", str(tmp_path / "x"), "--shape", "8xabc"]) == 1
     assert "--shape '8xabc'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_quantize_a_folder_with_external_weights(tiny_bert_dir, tmp_path, monkeypatch, capsys, static):
+    """Weights outside model.onnx (every export above 2 GiB): the quantizers get the data copied
+    into their work folder (onnx refuses it through a symlink or a hard link: this was an internal
+    error, with smoothing and without); the result loads and runs, the source folder is as it was."""
+    import modelexport
+
+    monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
+    src = tmp_path / "src"
+    modelexport.export(str(tiny_bert_dir), src)
+    monkeypatch.delenv("FORCE_ONNX_EXTERNAL_DATA")
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL
+               for t in onnx.load(src / "model.onnx", load_external_data=False).graph.initializer)
+    before = {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()}
+    out = tmp_path / "q"
+    code = cli(["quantize", str(src), "-o", str(out), *[a for t in TEXTS for a in ("--text", t)],
+                *(["--static"] if static else [])])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "held-out accuracy" in printed.out
+    settings = json.loads((out / "modelexport_metadata.json").read_text())["transforms"][-1]["settings"]
+    assert settings["smoothing_alpha"] == 0.6 and settings["mode"] == ("static" if static else "dynamic")
+    from modelexport.runtime.sessions import new_session
+
+    session = new_session(out / "model.onnx")
+    ids = np.array([[2, 7, 9, 3]], np.int64)
+    feed = {i.name: (ids if i.name == "input_ids" else np.ones_like(ids) if i.name == "attention_mask"
+                     else np.zeros_like(ids)) for i in session.get_inputs()}
+    assert all(np.isfinite(o).all() for o in session.run(None, feed))
+    assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no work folder left

@@ -196,15 +196,29 @@ class FeedReader:
 
 
 def linked_source(src: Path, names: list[str], into: Path) -> Path:
-    """``into`` holding symlinks to ``src``'s ONNX files and their external data: ONNX Runtime's
-    quantizers write shape-inferred copies beside the file they are given, which must not be the
-    user's folder."""
+    """``into`` holding symlinks to ``src``'s ONNX files ``names`` and copies of the external data
+    files they name (one shared file, or one per tensor as the exporters write them above 2 GiB):
+    ONNX Runtime's quantizers write shape-inferred copies beside the file they are given, which
+    must not be the user's folder. The data is copied: onnx (1.23) refuses external data reached
+    through a symlink ("it is a symbolic link") or a hard link ("potential hardlink attack"), and
+    ONNX Runtime (1.32) data whose symlink leaves the model's folder."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
     into.mkdir(parents=True, exist_ok=True)
-    for p in Path(src).iterdir():
-        if p.is_file() and (p.suffix == ".onnx" or "onnx" in p.name or p.name.endswith((".data", ".bin"))):
-            link = into / p.name
-            if not link.exists():
-                link.symlink_to(p.resolve())
+    src = Path(src)
+    for name in names:
+        link = into / name
+        if not link.exists():
+            link.symlink_to((src / name).resolve())
+        for tensor in onnx.load(str(src / name), load_external_data=False).graph.initializer:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = ExternalDataInfo(tensor).location
+            copy = into / location
+            if not copy.exists():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2((src / location).resolve(), copy)
     return into
 
 
