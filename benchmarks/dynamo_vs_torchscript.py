@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _ort_timing import run_latency_ms  # noqa: E402
-from export_vs_optimum import build_case, machine, onnx_bytes, run_once, spread  # noqa: E402
+from export_vs_optimum import build_case, byte_compile_modelexport, machine, onnx_bytes, run_once, spread  # noqa: E402
 
 PATHS = {"torchscript": "modelexport", "dynamo": "modelexport-dynamo"}
 
@@ -109,6 +109,7 @@ def main() -> int:
     parser.add_argument("--cases", nargs="+", default=["minilm", "gpt2"], choices=["minilm", "gpt2", "t5"])
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
+    byte_compile_modelexport()
     with tempfile.TemporaryDirectory() as tmp:
         results = [run_case(name, args.reps, Path(tmp)) for name in args.cases]
     m = machine()

@@ -85,3 +85,25 @@ def test_traced_root_is_found_named_or_warned():
     assert traced_root(ExportedFile("encoder_model.onnx", Wrapper(model.enc)), paths) == ("enc", [])
     root, warnings = traced_root(ExportedFile("x.onnx", torch.nn.Linear(2, 2)), paths)
     assert root == "" and warnings and "is not part of the model" in warnings[0]  # the pipeline names the file
+
+
+def test_installed_versions_from_modules_are_the_distributions_versions():
+    """The metadata file records versions read from the imported modules (importlib.metadata
+    parses a METADATA file per call): each must be what the installed distribution declares."""
+    from importlib import metadata
+
+    import onnx  # noqa: F401 - imported, so its __version__ is what is read
+    import onnxruntime  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    checked = 0
+    for package in compat._VERSION_MODULES:
+        try:
+            expected = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            assert compat.installed_version(package) is None, package
+            continue
+        assert compat.installed_version(package) == expected, package
+        checked += 1
+    assert checked >= 6

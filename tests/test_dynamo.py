@@ -329,3 +329,38 @@ def test_dynamo_external_data_is_packed_as_optimum_packs_it(tiny_bert_dir, tmp_p
     assert result.files[0].validation["passed"] and result.files[0].coverage["root_fallback"] == 0
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].name == "input_ids"
+
+
+class _Masker(torch.nn.Module):
+    def forward(self, mask):
+        return 1.0 - mask  # an integer mask: XLNet's and ProphetNet's `1.0 - attention_mask`
+
+
+class _MaskedLinear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.masker = _Masker()
+
+    def forward(self, x, mask):
+        return self.lin(x) * self.masker(mask)[..., None]
+
+
+def test_a_number_minus_an_integer_tensor_exports_and_keeps_its_module(tmp_path):
+    """torch.onnx (dynamo) failed on ``1.0 - int_mask`` ("Cannot find a compatible OpOverload for
+    aten.sub"); rewritten before its type-promotion pass, the file computes what PyTorch does and
+    the rewritten nodes belong to the module that subtracts."""
+    torch.manual_seed(0)
+    model = _MaskedLinear().eval()
+    x = torch.randn(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.int64)
+    modelexport.export_module(model, (x, mask), tmp_path / "m.onnx", input_names=["x", "mask"],
+                              dynamic_axes={"x": {0: "batch", 1: "sequence"}, "mask": {0: "batch", 1: "sequence"}},
+                              exporter="dynamo")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    other = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.int64)
+    for m, xx in ((mask, x), (other, torch.randn(2, 4, 4))):
+        got = session.run(None, {"x": xx.numpy(), "mask": m.numpy()})[0]
+        np.testing.assert_allclose(got, model(xx, m).detach().numpy(), atol=1e-6)
+    tags = [t for t in read_tags(str(tmp_path / "m.onnx")) if t.op_type == "Neg"]
+    assert [t.module_path for t in tags] == ["masker"]

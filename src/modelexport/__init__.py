@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
+__version__ = "0.1.0"  # the package's version: pyproject.toml reads it from here
+
 __all__ = ["export", "export_module", "read_tags", "load", "load_pipeline", "ExportResult", "ModelExportError",
            "NodeTag", "ExportedModel"]
 

@@ -81,7 +81,7 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
             from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
 
             tagger = DynamoTaggingPass(tree, "", keep_source_info)
-        tagged, file_opset = tag_file(tmp, tree, "", tagger=tagger)
+        tagged, file_opset = tag_file(tmp, tree, "", tagger=tagger, private=True)
         timings["tag"] = time.perf_counter() - t
         os.replace(tmp, path)
     except BaseException:

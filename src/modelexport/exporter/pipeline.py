@@ -68,6 +68,9 @@ class PathOutput:
     ort_model_class: str | None
     details: dict = field(default_factory=dict)  # path-specific metadata (inputs, axes, patches, layout)
     scope_prefix: str = ""  # the wrapper's name for the model in torch.export's module stack
+    # (keep_for_validation) -> None: after tagging, the ONNX Runtime sessions the path's own checks
+    # need (Optimum's output-axes check), kept for validation when it follows
+    open_sessions: object = None
 
 
 def _export(model, output_dir, *, task, library, opset, force, trust_remote_code, validate, static_shapes,
@@ -112,49 +115,69 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
     # which its generate then refuses): a caller's model gets its own back, whatever happens
     configs = ConfigSnapshot(loaded)
     with staged_output_dir(output_dir, force, sources) as staging, configs.restored_after():
+        # auto: where Optimum's own export fails (or ONNX Runtime refuses its file), the path
+        # without its config is tried on the same loaded model, and the metadata says why
+        may_fall_back = requested == "auto" and opset is None
+
+        def without_optimum(e: ModelExportError) -> PathOutput:
+            nonlocal exporter, why
+            _empty(staging)
+            configs.restore()  # as the caller gave them, not as Optimum's export left them
+            exporter, why = "generic", f"Optimum's export failed ({str(e)[:200]}): exported without its config"
+            return _generic_path(loaded, source, staging, opset, phases, trust_remote_code, static_shapes)
+
         if exporter == "generic":
             path = _generic_path(loaded, source, staging, opset, phases, trust_remote_code, static_shapes)
         else:
             try:
                 path = _optimum_path(loaded, source, staging, opset, static_shapes, exporter, phases)
             except ModelExportError as e:
-                if requested != "auto" or opset is not None:
+                if not may_fall_back:
                     raise
-                # auto: where Optimum's own export fails, the path without its config is tried on
-                # the same loaded model, and the metadata says why
-                _empty(staging)
-                configs.restore()  # as the caller gave them, not as Optimum's export left them
-                exporter, why = "generic", f"Optimum's export failed ({str(e)[:200]}): exported without its config"
-                path = _generic_path(loaded, source, staging, opset, phases, trust_remote_code, static_shapes)
+                path = without_optimum(e)
 
-        reports: list[FileReport] = []
-        node_counts: dict[str, dict[str, int]] = {}
-        file_opset = None
         alias_step = None
         if source.library == "sentence_transformers":  # what SentenceTransformer(backend="onnx") reads
             from modelexport.exporter.sentence_transformers_layout import add_last_hidden_state as alias_step
-        with phases("tag", "Tagging nodes with their modules"):
+
+        def tag_files() -> tuple[list[FileReport], dict[str, dict[str, int]], int | None]:
             from modelexport.exporter.dynamo_trace import FOLDED_PARAMETERS
             from modelexport.hierarchy.tagging import tag_file
 
-            for item in path.files:
-                tagger = None
-                if exporter in TORCH_EXPORT:
-                    from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
+            reports: list[FileReport] = []
+            node_counts: dict[str, dict[str, int]] = {}
+            file_opset = None
+            with phases("tag", "Tagging nodes with their modules"):
+                for item in path.files:
+                    tagger = None
+                    if exporter in TORCH_EXPORT:
+                        from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
 
-                    aliases = FOLDED_PARAMETERS.pop(str((staging / item.name).resolve()), None)
-                    tagger = DynamoTaggingPass(tree, item.root, keep_source_info, scope_prefix=path.scope_prefix,
-                                               aliases=aliases)
-                tagged, opset_of_file = tag_file(staging / item.name, tree, item.root, before=alias_step,
-                                                 tagger=tagger)
-                file_opset = file_opset or opset_of_file
-                node_counts[item.name] = tagged.node_count_by_module
-                reports.append(FileReport(item.name, item.root, tagged.coverage.nodes, tagged.coverage.as_dict(),
-                                          graph_sha256=tagged.graph_sha256,
-                                          warnings=[f"{item.name}: {w}" for w in item.warnings + tagged.warnings]))
-            # files the exporter wrote and Optimum then replaced (a merged decoder): nothing to tag
-            for key in [k for k in FOLDED_PARAMETERS if k.startswith(str(staging.resolve()) + os.sep)]:
-                del FOLDED_PARAMETERS[key]
+                        aliases = FOLDED_PARAMETERS.pop(str((staging / item.name).resolve()), None)
+                        tagger = DynamoTaggingPass(tree, item.root, keep_source_info, scope_prefix=path.scope_prefix,
+                                                   aliases=aliases)
+                    tagged, opset_of_file = tag_file(staging / item.name, tree, item.root, before=alias_step,
+                                                     tagger=tagger, private=True)
+                    file_opset = file_opset or opset_of_file
+                    node_counts[item.name] = tagged.node_count_by_module
+                    reports.append(FileReport(item.name, item.root, tagged.coverage.nodes,
+                                              tagged.coverage.as_dict(), graph_sha256=tagged.graph_sha256,
+                                              warnings=[f"{item.name}: {w}" for w in item.warnings + tagged.warnings]))
+                # files the exporter wrote and Optimum then replaced (a merged decoder): nothing to tag
+                for key in [k for k in FOLDED_PARAMETERS if k.startswith(str(staging.resolve()) + os.sep)]:
+                    del FOLDED_PARAMETERS[key]
+            if path.open_sessions is not None:
+                with phases("sessions", "Opening the files in ONNX Runtime"):
+                    path.open_sessions(validate)
+            return reports, node_counts, file_opset
+
+        try:
+            reports, node_counts, file_opset = tag_files()
+        except ModelExportError as e:  # ONNX Runtime refused a file of Optimum's export
+            if exporter == "generic" or not may_fall_back:
+                raise
+            path = without_optimum(e)
+            reports, node_counts, file_opset = tag_files()
 
         with phases("artifacts", "Writing config and preprocessors"):
             generation_config = getattr(loaded, "generation_config", None)
@@ -313,6 +336,8 @@ def _generic_source_of_loaded(model, task: str):
 
 
 def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter: str, phases) -> PathOutput:
+    from modelexport.errors import ModelExportError
+    from modelexport.exporter.dynamo_trace import export_error_summary
     from modelexport.exporter.optimum.bridge import export_with_optimum
     from modelexport.exporter.optimum.ort_class import ort_model_class_name
     from modelexport.exporter.optimum.validation import merge_validations, validate_file, validation_session
@@ -327,9 +352,22 @@ def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter:
         root, warnings = traced_root(item, instance_paths)
         files.append(TracedFile(item.name, root, warnings + exported.trace_warnings.get(item.name, [])))
 
+    sessions: dict[str, object] = {}  # file -> the session its axes were checked in
+
+    def open_sessions(keep_for_validation: bool) -> None:
+        from modelexport.exporter.optimum.bridge import settle_axes
+
+        for name, check in exported.pending_axis_checks.items():
+            try:
+                session = settle_axes(staging / name, check, validation_session(staging / name))
+            except Exception as e:  # as a failure of the same check inside Optimum's export is
+                raise ModelExportError(f"the ONNX export ({exporter}) failed: checking {name} in ONNX Runtime: "
+                                       f"{export_error_summary(e)}") from e
+            if keep_for_validation and session is not None:
+                sessions[name] = session
+
     def validate() -> dict:
         by_file: dict[str, list] = {}
-        sessions: dict[str, object] = {}
         for target in exported.validations:
             if target.file not in sessions:
                 sessions[target.file] = validation_session(staging / target.file)
@@ -339,7 +377,8 @@ def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter:
                                              session=sessions[target.file])))
         return {name: merge_validations(results) for name, results in by_file.items()}
 
-    return PathOutput(files, validate, ort_model_class_name(source.task, source.library, getattr(loaded, "config", None)))
+    return PathOutput(files, validate, ort_model_class_name(source.task, source.library, getattr(loaded, "config", None)),
+                      open_sessions=open_sessions if exported.pending_axis_checks else None)
 
 
 def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_code: bool,

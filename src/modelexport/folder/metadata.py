@@ -3,26 +3,20 @@ from __future__ import annotations
 
 import json
 import platform
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "modelexport_metadata.json"
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib_metadata.version(package)
-    except importlib_metadata.PackageNotFoundError:
-        return None
-
-
 def tool_versions() -> dict:
+    from modelexport.compat import installed_version
+
     return {
-        "modelexport": _version("modelexport"),
+        "modelexport": installed_version("modelexport"),
         "python": platform.python_version(),
-        **{p: _version(p) for p in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-                                     "onnxscript", "sentence-transformers")},
+        **{p: installed_version(p) for p in ("torch", "transformers", "optimum", "optimum-onnx", "onnx",
+                                             "onnxruntime", "onnxscript", "sentence-transformers")},
     }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from pathlib import Path
 
 import onnx
@@ -161,8 +162,17 @@ class NodeSplice:
             return [onnx.ValueInfoProto.FromString(bytes(buf[f[3]:f[4]])) for f in self._graph_fields
                     if f[0] == _GRAPH_OUTPUT_FIELD and f[1] == _LEN]
 
-    def write(self, path: Path | None = None) -> None:
-        """Write the file with the (edited) nodes in place of the original ones."""
+    def write(self, path: Path | None = None, in_place: bool = False) -> None:
+        """Write the file with the (edited) nodes in place of the original ones.
+
+        ``in_place``: rewrite the file itself (the weights after the nodes are moved up by the
+        bytes the nodes grew) instead of writing a copy and renaming it over the original. Only
+        for a file nobody else has (an exporter's file in a staging folder): an interruption
+        leaves it half-moved. It saves a second copy of the weights - for MiniLM's 90 MB, 0.08 s
+        of copying into freshly allocated page cache against 0.02 s of moving bytes within it.
+        Files that are links, or whose new layout would overwrite bytes not yet moved, are
+        copied as before.
+        """
         target = Path(path) if path is not None else self.path
         runs = [f for f in self._graph_fields if f[0] == _GRAPH_NODE_FIELD and f[1] == _LEN]
         # Each piece is new bytes, or an (offset, length) range of the original file.
@@ -192,6 +202,13 @@ class NodeSplice:
         graph_len = sum(len(p) if isinstance(p, bytes) else p[1] for p in pieces)
         graph_key = _encode_varint((_MODEL_GRAPH_FIELD << 3) | _LEN) + _encode_varint(graph_len)
         pieces = [(0, self._graph_field_start), graph_key, *pieces, (self._graph_end, self._size - self._graph_end)]
+        if in_place and target == self.path and _movable_in_place(pieces) and _unshared_file(self.path):
+            try:
+                self.close()  # the mapping would see the bytes being moved
+                _rewrite_in_place(self.path, pieces)
+            finally:
+                self.close()
+            return
         tmp = target.with_name(f".{target.name}.tagging")
         try:
             with open(self.path, "rb") as src, open(tmp, "wb") as dst:
@@ -220,6 +237,71 @@ class NodeSplice:
         if self._mmap is not None:
             self._mmap.close()
             self._mmap = None
+
+
+def _layout(pieces: list) -> list[tuple[int, bytes | tuple[int, int]]]:
+    """(offset in the new file, piece) of each piece."""
+    placed, at = [], 0
+    for piece in pieces:
+        placed.append((at, piece))
+        at += len(piece) if isinstance(piece, bytes) else piece[1]
+    return placed
+
+
+def _movable_in_place(pieces: list) -> bool:
+    """Whether writing the pieces from last to first into the original file is safe: each piece
+    lands at or after the end of every byte range that earlier pieces still have to read, and no
+    range moves down (a range moving up is copied from its end)."""
+    read_up_to = 0
+    for at, piece in _layout(pieces):
+        if at < read_up_to:
+            return False
+        if isinstance(piece, tuple):
+            if at < piece[0]:
+                return False
+            read_up_to = max(read_up_to, piece[0] + piece[1])
+    return True
+
+
+def _unshared_file(path: Path) -> bool:
+    """A regular file with one name: rewriting it changes no other file."""
+    st = os.lstat(path)
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+
+def _rewrite_in_place(path: Path, pieces: list, chunk: int = 1 << 23) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        placed = _layout(pieces)
+        for at, piece in reversed(placed):
+            if isinstance(piece, bytes):
+                _pwrite_all(fd, piece, at)
+                continue
+            offset, length = piece
+            shift = at - offset
+            if shift == 0:
+                continue  # already where it belongs
+            end = offset + length
+            while end > offset:  # from the end: the range moves up over itself
+                start = max(offset, end - chunk)
+                data = os.pread(fd, end - start, start)
+                if len(data) != end - start:
+                    raise OSError("short read while rewriting the ONNX file")
+                _pwrite_all(fd, data, start + shift)
+                end = start
+        at, piece = placed[-1]
+        os.ftruncate(fd, at + (len(piece) if isinstance(piece, bytes) else piece[1]))
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError("short write while rewriting the ONNX file")
+        view, offset = view[n:], offset + n
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int) -> None:

@@ -766,10 +766,12 @@ class TaggingPass:
 
 
 def tag_file(path, tree: ModuleTree, root_path: str = "", before=None,
-             tagger=None) -> tuple[TaggingResult, int | None]:
+             tagger=None, private: bool = False) -> tuple[TaggingResult, int | None]:
     """Tag an ONNX file in place; returns the result and the file's default-domain opset.
 
     Only the nodes are parsed and rewritten (``NodeSplice``); weights are copied as bytes.
+    ``private``: the file is the caller's own (an exporter's output in a staging folder), so its
+    weights may be moved within it rather than copied (``NodeSplice.write(in_place=True)``).
     ``before(splice)`` may add nodes and outputs first, in the same single rewrite of the file.
     ``tagger`` replaces the TorchScript-scope pass (e.g. ``DynamoTaggingPass`` for dynamo files).
     """
@@ -787,5 +789,5 @@ def tag_file(path, tree: ModuleTree, root_path: str = "", before=None,
         splice.close()
         raise
     opset = next((o.version for o in splice.opset_imports if o.domain in ("", "ai.onnx")), None)
-    splice.write()
+    splice.write(in_place=private)
     return result, opset

@@ -22,11 +22,9 @@ def unavailable_reason() -> str | None:
         found = False
     if not found:
         return f"Optimum (optimum-onnx) is not installed: {INSTALL_HINT}"
-    from importlib import metadata
+    from modelexport.compat import installed_version, version_tuple
 
-    from modelexport.compat import version_tuple
-
-    transformers_version = metadata.version("transformers")
+    transformers_version = installed_version("transformers")
     if version_tuple(transformers_version)[:2] >= (4, 58):
         return (f"optimum-onnx 0.1 does not work with transformers {transformers_version} "
                 "(it requires transformers<4.58)")

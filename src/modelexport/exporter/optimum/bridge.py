@@ -8,6 +8,7 @@ replaced by ours (validation.py), which runs on the tagged files and reports the
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,55 @@ class OptimumExport:
     files: list[ExportedFile]
     validations: list[ValidationTarget]
     trace_warnings: dict[str, list[str]] = field(default_factory=dict)  # file -> what the trace fixed
+    # file -> Optimum's dynamic-axes check not yet run on it (see deferred_axis_checks)
+    pending_axis_checks: dict[str, tuple] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def deferred_axis_checks(pending: dict, deferrable: set[str]):
+    """Optimum opens an ONNX Runtime session on each file right after tracing it, only to read its
+    output shapes (``OnnxConfig.fix_dynamic_axes``: an axis named by the trace but not by the
+    config is fixed to its size). Validation then opens another on the same file; for MiniLM each
+    costs 0.1 s. For the files in ``deferrable`` the check is recorded instead and run later by
+    ``settle_axes`` in the session validation uses, on the tagged file. Files that
+    post-processing merges (a decoder and its with-past twin) are checked when Optimum checks
+    them: the merged file inherits what the check fixes."""
+    from optimum.exporters.onnx.base import OnnxConfig
+
+    original = OnnxConfig.fix_dynamic_axes
+
+    def record(self, model_path, *args, **kwargs):
+        if Path(model_path).name in deferrable:
+            pending[Path(model_path).name] = (self, args, kwargs)
+        else:
+            original(self, model_path, *args, **kwargs)
+
+    OnnxConfig.fix_dynamic_axes = record
+    try:
+        yield
+    finally:
+        OnnxConfig.fix_dynamic_axes = original
+
+
+def settle_axes(path: Path, check: tuple, session):
+    """Run Optimum's deferred output-axes check on ``path`` in ``session`` (a session on the file as
+    it is now). Returns the session, or None when the check rewrote the file (an axis fixed: the
+    session no longer matches it)."""
+    import os
+
+    import onnxruntime
+    from optimum.exporters.onnx.base import OnnxConfig
+
+    config, args, kwargs = check
+    before = os.stat(path)
+    make_session = onnxruntime.InferenceSession
+    onnxruntime.InferenceSession = lambda *a, **k: session  # the check imports it when it runs
+    try:
+        OnnxConfig.fix_dynamic_axes(config, path, *args, **kwargs)
+    finally:
+        onnxruntime.InferenceSession = make_session
+    after = os.stat(path)
+    return session if (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size) else None
 
 
 def export_with_optimum(model, task: str, library: str, output_dir: Path, opset: int | None,
@@ -50,8 +100,6 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
     ``exporter="dynamo"``: the same, with Optimum's one ``torch.onnx.export`` call traced by
     torch.export (see ``optimum_traces_with_dynamo``).
     """
-    import contextlib
-
     from optimum.exporters.onnx import onnx_export_from_model
 
     from modelexport.hierarchy.node_splice import graph_output_names
@@ -62,8 +110,14 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
         opset = max(default or 0, dynamo_opset_range()[0])
     trace_warnings: dict[str, list[str]] = {}
     trace = optimum_traces_with_dynamo(trace_warnings) if exporter == "dynamo" else contextlib.nullcontext()
+    pending_axis_checks: dict[str, tuple] = {}
+    merged = {"decoder_model", "decoder_with_past_model"} <= set(models_and_configs)
+    deferrable = set() if static_shapes else {
+        f"{name}.onnx" for name in models_and_configs
+        if not (merged and name in ("decoder_model", "decoder_with_past_model"))}
     try:
-        with no_preprocessor_reload(getattr(model, "config", None)), trace:
+        with no_preprocessor_reload(getattr(model, "config", None)), trace, \
+                deferred_axis_checks(pending_axis_checks, deferrable):
             onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False,
                                    no_post_process=True, no_dynamic_axes=bool(static_shapes),
                                    **(static_shapes or {}))
@@ -104,4 +158,7 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
         config_dict = config.to_dict() if hasattr(config, "to_dict") else None
         for f in files:
             trace_warnings.setdefault(f.name, []).extend(infer_static_shapes(output_dir / f.name, config_dict))
-    return OptimumExport(files, validations, trace_warnings)
+    vanished = sorted(k for k in pending_axis_checks if not (output_dir / k).is_file())
+    if vanished:  # post-processing used a file before its check: deferring it was wrong here
+        raise RuntimeError(f"Optimum's post-processing removed {', '.join(vanished)} before its output-axes check")
+    return OptimumExport(files, validations, trace_warnings, pending_axis_checks)
