@@ -346,3 +346,35 @@ def test_folders_made_under_transformers_5_load_in_optimum(llama_dir, tiny_bert_
     onnx_backend = SentenceTransformer(str(out / "minilm"), backend="onnx",
                                        model_kwargs={"provider": "CPUExecutionProvider"})
     np.testing.assert_allclose(onnx_backend.encode(texts), reference, atol=1e-5)
+
+
+def test_noise_a_model_draws_in_forward_becomes_an_input(tmp_path):
+    """ViT-MAE masks patches by noise it draws itself unless given `noise`: the example gives it,
+    in the shape the model draws (batch, patches); the exported file takes it, so ONNX Runtime and
+    PyTorch mask the same patches. Hiera outside MAE pre-training draws nothing: no `noise`."""
+    import onnxruntime as ort
+    from transformers import HieraConfig, HieraModel, ViTMAEConfig, ViTMAEModel
+
+    from modelexport.exporter.generic.inputs import InputBuilder, Preprocessors
+
+    torch.manual_seed(0)
+    mae = ViTMAEModel(ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=37, image_size=32, patch_size=8)).eval()
+    example = InputBuilder(mae, "feature-extraction", Preprocessors(None)).build()
+    assert list(example.inputs) == ["pixel_values", "noise"]
+    assert list(example.inputs["noise"].shape) == [2, 16]  # (32 / 8) ** 2 patches
+    hiera = HieraModel(HieraConfig(embed_dim=8, depths=[1, 1], num_heads=[1, 1], num_query_pool=1,
+                                   image_size=[64, 64])).eval()
+    assert "noise" not in InputBuilder(hiera, "feature-extraction", Preprocessors(None)).build().inputs
+
+    mae.save_pretrained(tmp_path / "mae")
+    out = tmp_path / "mae-onnx"
+    result = modelexport.export(str(tmp_path / "mae"), out, exporter="generic")
+    assert result.files[0].validation["max_abs_diff"] < 1e-4
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pixel_values", "noise"]
+    pixels, noise = torch.randn(3, 3, 32, 32), torch.rand(3, 16)
+    with torch.no_grad():
+        expected = mae(pixel_values=pixels, noise=noise).last_hidden_state.numpy()
+    got = session.run(["last_hidden_state"], {"pixel_values": pixels.numpy(), "noise": noise.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)

@@ -204,6 +204,8 @@ class InputBuilder:
             inputs["decoder_input_ids"][:, 1:] = self._ids(batch, tokens - 1)
             axes["decoder_input_ids"] = {0: "batch_size", 1: "decoder_sequence_length"} if self.decoder_tokens \
                 else {0: "batch_size"}
+        if self.takes("noise") and "noise" not in inputs and inputs:
+            self._noise(inputs, axes, notes)
         missing = [name for name, p in self.params.items() if p.default is inspect.Parameter.empty
                    and name not in inputs]
         if missing:
@@ -212,6 +214,37 @@ class InputBuilder:
                 "export from a folder that holds the model's processor")
         ordered = {name: inputs[name] for name in self.params if name in inputs}
         return Example(ordered, {k: v for k, v in axes.items() if k in ordered}, notes)
+
+    def _noise(self, inputs, axes, notes) -> None:
+        """A model that draws random noise in forward unless given ``noise`` (ViT-MAE's random
+        masking) gets it as an input: traced, its own ``torch.rand`` would be one fixed draw,
+        and no two runs (PyTorch's validation included) would mask the same patches. Its shape is
+        the one the model draws: found by running forward once and watching ``torch.rand``."""
+        import torch
+
+        drawn: list[tuple[int, ...]] = []
+        real_rand = torch.rand
+
+        def watched(*size, **kwargs):
+            shape = size[0] if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+            drawn.append(tuple(int(d) for d in shape))
+            return real_rand(*size, **kwargs)
+
+        torch.rand = watched
+        try:
+            with torch.no_grad():
+                self.model(**inputs)
+        except Exception:  # the export's own forward will say what is wrong
+            return
+        finally:
+            torch.rand = real_rand
+        if not drawn:
+            return  # this configuration does not mask (Hiera outside MAE pre-training)
+        inputs["noise"] = torch.rand(drawn[0], generator=torch.Generator().manual_seed(2))
+        axes["noise"] = {0: "batch_size"}
+        per_example = ", ".join(str(d) for d in drawn[0][1:])
+        notes.append(f"noise: the uniform noise the model's random masking draws, as an input of shape (batch, "
+                     f"{per_example}) (feed torch.rand of that shape, or your own to choose the masked patches)")
 
     def _text(self, batch, sequence, inputs, axes, notes) -> None:
         import torch
