@@ -80,6 +80,40 @@ def test_module_to_that_changes_nothing_returns_the_module_during_the_export():
     assert torch.nn.Module.to is original_to
 
 
+class _KernelWeights(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        # as transformers 4.57's FalconMamba registers weights for its CUDA kernels
+        self.register_buffer("rms", torch.nn.Parameter(torch.full((4,), 2.0), requires_grad=False), persistent=False)
+
+    def forward(self, x):
+        return self.lin(x) * self.rms
+
+
+def test_a_buffer_registered_as_a_parameter_is_a_tensor_during_the_export(tmp_path):
+    """torch.onnx (dynamo) lifts such a buffer twice ("attribute 'rms' already exists"): during
+    the export it is a plain tensor of the same values, listed; the module gets its own object
+    back. The file computes what the module does."""
+    import numpy as np
+    import onnxruntime as ort
+
+    model = _KernelWeights().eval()
+    original = model._buffers["rms"]
+    x = torch.randn(2, 4)
+    expected = model(x).detach().numpy()
+    with pytest.raises(Exception, match="already exists"):
+        torch.onnx.export(model, (x,), str(tmp_path / "plain.onnx"), dynamo=True, verbose=False)
+    with export_patches(model) as applied:
+        listed = {p.name: p for p in applied}["parameter-buffers-as-tensors"]
+        assert listed.modules == 1 and listed.classes == ["_KernelWeights"]
+        assert type(model._buffers["rms"]) is torch.Tensor and torch.equal(model._buffers["rms"], original)
+        torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=True, verbose=False)
+    assert model._buffers["rms"] is original
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("model_type, head", [("ernie4_5_moe", "Ernie4_5_MoeForCausalLM"),
                                               ("minimax", "MiniMaxForCausalLM"),
                                               ("jamba", "JambaForCausalLM"), ("phimoe", "PhimoeForCausalLM"),

@@ -32,6 +32,9 @@ Patches (each has a test that the patched forward returns what the original retu
   are fake tensors that ``Module._apply`` cannot swap ("Couldn't swap Linear.weight"). During
   the export a ``.to()`` that would change no parameter or buffer returns the module unchanged,
   which is what it returns after converting nothing; listed only when a call was answered so.
+- ``parameter-buffers-as-tensors``: a buffer registered as an ``nn.Parameter`` object
+  (transformers 4.57's FalconMamba) is lifted twice by torch.export ("attribute ... already
+  exists"); during the export it is the same values as a plain tensor.
 - ``no-traced-input-checks``: transformers 5 checks inputs with ``torch._check_tensor_all`` (e.g.
   that a vision-language model got as many image tokens as image features); traced, the check
   becomes ``aten._is_all_true``, which has no ONNX translation. transformers' own switch
@@ -428,7 +431,7 @@ def export_patches(model: torch.nn.Module) -> Iterator[list[AppliedPatch]]:
             "TRANSFORMERS_DISABLE_TORCH_CHECK=1 during the export", [], 0)
     patches = list(applied.values())
     try:
-        with _module_to_without_changes(patches):
+        with _module_to_without_changes(patches), _parameter_buffers_as_tensors(model, patches):
             yield patches
     finally:
         if checks_env:
@@ -479,6 +482,32 @@ def _module_to_without_changes(patches: list[AppliedPatch]) -> Iterator[None]:
         yield
     finally:
         torch.nn.Module.to = original
+
+
+@contextlib.contextmanager
+def _parameter_buffers_as_tensors(model: torch.nn.Module, patches: list[AppliedPatch]) -> Iterator[None]:
+    """A buffer registered as an ``nn.Parameter`` object (transformers 4.57's FalconMamba:
+    ``register_buffer("b_c_rms", nn.Parameter(...))``, weights for its CUDA kernels) is lifted by
+    torch.export both as a parameter and as a buffer ("attribute 'b_c_rms' already exists").
+    During the export the buffer holds the same values as a plain tensor."""
+    swapped: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
+    entry = AppliedPatch("parameter-buffers-as-tensors", "a buffer registered as an nn.Parameter (torch.export lifts "
+                         "it twice): the same values as a plain tensor during the export", [], 0)
+    for module in model.modules():
+        for name, buffer in list(module._buffers.items()):
+            if isinstance(buffer, torch.nn.Parameter):
+                module._buffers[name] = buffer.detach()
+                swapped.append((module, name, buffer))
+                entry.modules += 1
+                if type(module).__name__ not in entry.classes:
+                    entry.classes.append(type(module).__name__)
+    if swapped:
+        patches.append(entry)
+    try:
+        yield
+    finally:
+        for module, name, buffer in swapped:
+            module._buffers[name] = buffer
 
 
 def _traced_checks_exist() -> bool:
