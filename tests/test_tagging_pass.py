@@ -226,6 +226,37 @@ def test_a_parent_reading_its_childs_parameter_tags_the_child():
     assert result.coverage.by_parameters == 1
 
 
+class _ReadsChildWeight(torch.nn.Module):
+    """A parent computing its child's linear itself (WavLM's attention passes ``q_proj.weight``
+    to ``F.multi_head_attention_forward``): TorchScript folds the transposed weight into a
+    constant named ``onnx::MatMul_N``, so no name says whose weight the MatMul reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.q_proj = torch.nn.Linear(8, 6)
+        self.out = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(torch.nn.functional.linear(x, self.q_proj.weight) + 1.0)
+
+
+def test_a_parent_reading_a_folded_copy_of_its_childs_weight_tags_the_child(tmp_path):
+    import modelexport
+    from modelexport.testing.breadth import oracle_violations, parameter_owners_by_value
+
+    torch.manual_seed(0)
+    model = _ReadsChildWeight().eval()
+    path = tmp_path / "m.onnx"
+    modelexport.export_module(model, (torch.randn(2, 8),), path, input_names=["x"])
+    graph = onnx.load(path).graph
+    folded = {i.name for i in graph.initializer if i.name.startswith("onnx::")}
+    tags = {t.node_name: t.module_path for t in read_tags(str(path))}
+    reading = [n.name for n in graph.node if set(n.input) & folded]
+    assert [tags[n] for n in reading] == ["q_proj"]  # the parent's MatMul (was the root's)
+    checked, violations = oracle_violations(path, parameter_owners_by_value(model))
+    assert checked >= 2 and violations == []
+
+
 def test_passes_share_one_shape_and_compose():
     """Tag a graph, strip the tags as an optimizer would, restore them: each step a pass."""
     from modelexport.hierarchy.passes import run_passes

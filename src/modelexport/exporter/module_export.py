@@ -76,11 +76,15 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
                                   dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
         timings["export"] = time.perf_counter() - t
         t = time.perf_counter()
-        tagger = None
         if exporter == "dynamo":
             from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
 
             tagger = DynamoTaggingPass(tree, "", keep_source_info)
+        else:  # weights TorchScript folds under other names are found by value
+            from modelexport.hierarchy.tagging import TaggingPass
+
+            tagger = TaggingPass(tree, "")
+            tagger.parameters = dict(module.named_parameters(remove_duplicate=False))
         tagged, file_opset = tag_file(tmp, tree, "", tagger=tagger, private=True)
         timings["tag"] = time.perf_counter() - t
         os.replace(tmp, path)

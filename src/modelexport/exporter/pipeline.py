@@ -148,8 +148,18 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
             node_counts: dict[str, dict[str, int]] = {}
             file_opset = None
             with phases("tag", "Tagging nodes with their modules"):
+                parameters = None
                 for item in path.files:
                     tagger = None
+                    if exporter not in TORCH_EXPORT and hasattr(loaded, "named_parameters"):
+                        from modelexport.hierarchy.tagging import TaggingPass
+
+                        # TorchScript folds weights a parent transposes into constants of other
+                        # names: their values say whose they are (TaggingPass._children_read_by_value)
+                        if parameters is None:
+                            parameters = dict(loaded.named_parameters(remove_duplicate=False))
+                        tagger = TaggingPass(tree, item.root)
+                        tagger.parameters = parameters
                     if exporter in TORCH_EXPORT:
                         from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
 

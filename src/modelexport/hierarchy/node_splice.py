@@ -24,7 +24,9 @@ import onnx
 _MODEL_GRAPH_FIELD = 7
 _MODEL_OPSET_FIELD = 8
 _GRAPH_NODE_FIELD = 1
+_GRAPH_INITIALIZER_FIELD = 5
 _GRAPH_OUTPUT_FIELD = 12
+_TENSOR_RAW_DATA_FIELD = 9
 _LEN = 2
 
 
@@ -153,6 +155,37 @@ class NodeSplice:
         self.graph = onnx.GraphProto.FromString(node_bytes)
         # Graph outputs to append (e.g. an alias output another loader expects).
         self.added_outputs: list[onnx.ValueInfoProto] = []
+        self._initializers: dict[str, tuple] | None = None  # name -> (header, payload start, end)
+
+    def initializer_headers(self) -> dict[str, onnx.TensorProto]:
+        """Each initializer of the main graph by name: its dims, type and data location, parsed
+        without its raw data (read on demand by ``initializer_array``)."""
+        if self._mmap is None:
+            raise ValueError("the file is closed")
+        if self._initializers is None:
+            found = {}
+            with memoryview(self._mmap) as buf:
+                for f in self._graph_fields:
+                    if f[0] != _GRAPH_INITIALIZER_FIELD or f[1] != _LEN:
+                        continue
+                    header = b"".join(bytes(buf[start:end]) for number, _, start, _, end in _fields(buf, f[3], f[4])
+                                      if number != _TENSOR_RAW_DATA_FIELD)
+                    tensor = onnx.TensorProto.FromString(header)
+                    found[tensor.name] = (tensor, f[3], f[4])
+            self._initializers = found
+        return {name: entry[0] for name, entry in self._initializers.items()}
+
+    def initializer_array(self, name: str):
+        """An initializer's values (numpy), or None: not an initializer, or its data is external."""
+        import numpy as np
+        from onnx import numpy_helper
+
+        self.initializer_headers()
+        entry = self._initializers.get(name)
+        if entry is None or entry[0].data_location == onnx.TensorProto.EXTERNAL:
+            return None
+        with memoryview(self._mmap) as buf:
+            return np.asarray(numpy_helper.to_array(onnx.TensorProto.FromString(bytes(buf[entry[1]:entry[2]]))))
 
     def graph_outputs(self) -> list[onnx.ValueInfoProto]:
         """The graph's outputs as written in the file (small messages, parsed on demand)."""

@@ -348,6 +348,10 @@ class TaggingPass:
         self._owners: dict[str, str] | None = None
         self._common1: dict[str, str] = {}
         self._removed = 0
+        # Parameter values by name (``parameters_by_value``); with them, and the file's initializers
+        # (``tag_file`` gives those), a node reading a folded copy of a child's weight gets the child
+        self.parameters: dict | None = None
+        self.initializers = None  # NodeSplice: initializer_headers(), initializer_array(name)
 
     # -- the two hooks a subclass with another source of scopes overrides ----------------------
     def _scope_of_node(self, node) -> str | None:
@@ -391,6 +395,8 @@ class TaggingPass:
         """Scopes, parameters and neighbours for one graph, then for each of its subgraphs (If/Loop/
         Scan bodies); what none of them decides stays None."""
         walk = self._walk(graph, coverage)
+        if self.parameters is not None and self.initializers is not None:
+            self._children_read_by_value(walk, coverage)
         if walk.ambiguous:
             self._settle_ambiguous(walk, coverage)
         self._infer_from_neighbours(walk, coverage)
@@ -483,6 +489,54 @@ class TaggingPass:
         coverage.partial_scope += partial
         coverage.by_parameters += by_parameters
         return walk
+
+    def _children_read_by_value(self, walk: _Walk, coverage: Coverage) -> None:
+        """The rule of the walk for a parent reading a child's parameter (``F.linear(x,
+        self.q_proj.weight)``: the node is the child's), where the exporter folded the parameter
+        into a constant of another name (TorchScript's ``onnx::MatMul_800``: WavLM's transposed
+        ``q_proj.weight``), so that no name tells whose it is. Only a node whose module owns no
+        parameter of that size but a module below it does is looked at: the constant's values are
+        compared with those parameters' (as they are, or transposed); when exactly one module's
+        match, the node gets it."""
+        import numpy as np
+
+        headers = self.initializers.initializer_headers()
+        owners, contains, tree = self._owners, self.tree.contains, self.tree
+        by_size: dict[int, list[tuple[str, str]]] = {}
+        for name, tensor in self.parameters.items():
+            owner = tree.parameter_owners.get(name)
+            if owner is not None:
+                by_size.setdefault(int(tensor.numel()), []).append((name, owner))
+        arrays: dict[str, object] = {}
+        for i, module in enumerate(walk.assigned):
+            if module is None:
+                continue
+            found: set[str] = set()
+            for x in walk.inputs[i]:
+                header = headers.get(x)
+                if header is None or x in owners or len(header.dims) == 0:
+                    continue
+                size = int(np.prod(header.dims))
+                near = by_size.get(size, ())
+                if size < 16 or any(o == module for _, o in near):
+                    continue  # small constants say nothing; the node's own module has such a weight
+                below = [(n, o) for n, o in near if contains(module, o)]
+                if not below:
+                    continue
+                if x not in arrays:
+                    arrays[x] = self.initializers.initializer_array(x)
+                value = arrays[x]
+                if value is None or value.min() == value.max():
+                    continue
+                flat = value.reshape(-1)
+                for name, owner in below:
+                    p = self.parameters[name].detach().cpu().numpy()
+                    if p.dtype == value.dtype and (np.array_equal(p.reshape(-1), flat) or
+                                                   (p.ndim == 2 and np.array_equal(p.T.reshape(-1), flat))):
+                        found.add(owner)
+            if len(found) == 1:
+                walk.assigned[i] = found.pop()
+                coverage.by_parameters += 1
 
     def _settle_ambiguous(self, walk: _Walk, coverage: Coverage) -> None:
         """Scopes that fit several modules: the parameters their nodes read decide (a parameter
@@ -783,7 +837,10 @@ def tag_file(path, tree: ModuleTree, root_path: str = "", before=None,
     try:
         if before is not None:
             before(splice)
-        result = (tagger or TaggingPass(tree, root_path))(splice.graph)
+        tagger = tagger or TaggingPass(tree, root_path)
+        if tagger.parameters is not None:
+            tagger.initializers = splice
+        result = tagger(splice.graph)
         result.graph_sha256 = graph_fingerprint(splice.graph)
     except BaseException:
         splice.close()
