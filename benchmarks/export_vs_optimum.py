@@ -4,10 +4,11 @@ Cases: the bundled MiniLM (feature extraction), a tiny GPT-2 with past, a tiny T
 Each repetition runs both tools in fresh processes, alternating which goes first, and reports
 medians and spread of: export time (timed inside the process, after imports, so the ~3.5 s of
 imports both pay does not dilute the ratio), peak RSS, output size, our own phases, ONNX Runtime
-latency of both files, and torch.onnx.export(dynamo=True) of MiniLM's bare model for reference.
-Writes benchmarks/results/export_vs_optimum.{json,md}.
+latency of both files, and torch.onnx.export(dynamo=True) of MiniLM's bare model for reference;
+then the whole commands a user types (``optimum-cli export onnx`` and ``modelexport export``),
+timed from outside, imports included. Writes benchmarks/results/export_vs_optimum.{json,md}.
 
-    python benchmarks/export_vs_optimum.py [--reps 5] [--cases minilm gpt2 t5]
+    python benchmarks/export_vs_optimum.py [--reps 5] [--command-reps 3] [--cases minilm gpt2 t5]
 """
 from __future__ import annotations
 
@@ -38,6 +39,23 @@ def run_once(tool: str, model: str, task: str, out: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{tool} export failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_command(tool: str, model: str, task: str, out: Path) -> float:
+    """Wall time of the whole command a user types (interpreter start, imports, export, exit)."""
+    import time
+
+    bin_dir = Path(sys.executable).parent
+    if tool == "optimum":
+        argv = [str(bin_dir / "optimum-cli"), "export", "onnx", "--model", model, "--task", task, str(out)]
+    else:
+        argv = [str(bin_dir / "modelexport"), "export", model, str(out), "--task", task]
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
+    return seconds
 
 
 def spread(values: list[float]) -> str:
@@ -87,7 +105,7 @@ def build_case(name: str, tmp: Path) -> tuple[str, str, str]:
     return f"tiny {name} (hidden 32, 2 layers)", str(folder), family.task
 
 
-def run_case(name: str, reps: int, tmp: Path) -> dict:
+def run_case(name: str, reps: int, tmp: Path, command_reps: int = 3) -> dict:
     label, model, task = build_case(name, tmp)
     tools = ["optimum", "modelexport"]
     runs: dict[str, list[dict]] = {t: [] for t in tools}
@@ -108,7 +126,15 @@ def run_case(name: str, reps: int, tmp: Path) -> dict:
                 shutil.rmtree(out)
         print(f"{name} rep {rep + 1}/{reps}: " + ", ".join(
             f"{t} {runs[t][-1]['seconds']:.2f} s" for t in tools), flush=True)
-    result = {"label": label, "task": task, "reps": reps,
+    commands: dict[str, list[float]] = {t: [] for t in tools}
+    for rep in range(command_reps):
+        for tool in (tools if rep % 2 == 0 else tools[::-1]):
+            out = tmp / f"{name}-{tool}-command-{rep}"
+            commands[tool].append(run_command(tool, model, task, out))
+            shutil.rmtree(out)
+        print(f"{name} command {rep + 1}/{command_reps}: " + ", ".join(
+            f"{t} {commands[t][-1]:.2f} s" for t in tools), flush=True)
+    result = {"label": label, "task": task, "reps": reps, "command_seconds": commands,
               "export_seconds": {t: [r["seconds"] for r in runs[t]] for t in tools},
               "peak_rss_mib": {t: [r["peak_rss_mib"] for r in runs[t]] for t in tools},
               "onnx_bytes": sizes, "nodes": nodes,
@@ -151,6 +177,15 @@ def table(results: list[dict], m: dict) -> str:
             f"{med(rss['modelexport']):.0f} | **{med(rss['modelexport']) / med(rss['optimum']):.3f}** | "
             f"{b['optimum']:,} / {b['modelexport']:,} | **{100 * (b['modelexport'] - b['optimum']) / b['optimum']:.3f} %** "
             f"({(b['modelexport'] - b['optimum']) / r['nodes']:.0f} B/node, {r['nodes']} nodes) | {tag_copy:.0f} |")
+    lines += ["", "Whole commands (`optimum-cli export onnx --model M --task T OUT` against `modelexport export M OUT "
+              "--task T`): wall time of each command a user types, interpreter start and imports included; fresh "
+              "processes, alternating; medians (min–max):", "",
+              "| case | Optimum s | modelexport s | **ratio** | difference s |", "|---|---|---|---|---|"]
+    for r in results:
+        c = r["command_seconds"]
+        lines.append(f"| {r['label']} | {spread(c['optimum'])} | {spread(c['modelexport'])} | "
+                     f"**{med(c['modelexport']) / med(c['optimum']):.3f}** | "
+                     f"{med(c['modelexport']) - med(c['optimum']):+.3f} |")
     lines += ["", "modelexport phases, seconds (median):", "",
               "| case | load | export (Optimum's trace) | tag | ORT sessions (Optimum's axes check) | "
               "config + preprocessors | validate | metadata + move |",
@@ -180,11 +215,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--cases", nargs="+", default=["minilm", "gpt2", "t5"], choices=["minilm", "gpt2", "t5"])
+    parser.add_argument("--command-reps", type=int, default=3, help="whole-command runs per tool and case")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
     byte_compile_modelexport()
     with tempfile.TemporaryDirectory() as tmp:
-        results = [run_case(name, args.reps, Path(tmp)) for name in args.cases]
+        results = [run_case(name, args.reps, Path(tmp), args.command_reps) for name in args.cases]
     m = machine()
     text = table(results, m)
     args.results.mkdir(parents=True, exist_ok=True)
