@@ -40,6 +40,7 @@ def test_export_json_summary(tiny_bert_dir, tmp_path):
     proc = run_cli("export", tiny_bert_dir, tmp_path / "o", "--format", "json", "--task", "text-classification")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
+    assert (summary["schema"], summary["schema_version"]) == ("modelexport.export", 1)
     assert summary["task"] == "text-classification"
     assert summary["files"][0]["coverage"]["nodes"] > 0
     assert summary["max_abs_diff"] < 1e-4

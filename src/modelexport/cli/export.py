@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_dict(result) -> dict:
     return {
+        "schema": "modelexport.export",
+        "schema_version": 1,
         "output": str(result.output),
         "task": result.task,
         "library": result.library,
