@@ -10,6 +10,7 @@ modelexport was not tested with fails in one line instead of deep inside a priva
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
 import sys
 from functools import lru_cache
@@ -38,12 +39,10 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-# distribution -> the module whose ``__version__`` is its version. importlib.metadata parses the
-# distribution's METADATA file on every call (1-4 ms each here, about 12 ms of a 0.24 s export
-# of a tiny GPT-2); a library already imported says its version for free, and it is the version
-# that runs.
-# (package that must already be imported, module that holds ``__version__``): the small
-# version modules are imported when their package is.
+# distribution -> (package that must already be imported, module holding its ``__version__``).
+# importlib.metadata parses the distribution's METADATA file on every call (1-4 ms each here,
+# about 12 ms of a 0.24 s export of a tiny GPT-2); a library already imported says its version
+# for free, and it is the version that runs (a small version module is imported with it).
 _VERSION_MODULES = {"modelexport": ("modelexport", "modelexport"), "torch": ("torch", "torch"),
                     "transformers": ("transformers", "transformers"), "onnx": ("onnx", "onnx"),
                     "onnxruntime": ("onnxruntime", "onnxruntime"), "onnxscript": ("onnxscript", "onnxscript"),
@@ -56,8 +55,6 @@ def installed_version(package: str) -> str | None:
     loaded, holder = _VERSION_MODULES.get(package, ("", ""))
     if loaded in sys.modules:
         try:
-            import importlib
-
             version = getattr(importlib.import_module(holder), "__version__", None)
         except ImportError:
             version = None

@@ -83,8 +83,7 @@ def _export_module(module, args, path, *, input_names, output_names, dynamic_axe
         else:  # weights TorchScript folds under other names are found by value
             from modelexport.hierarchy.tagging import TaggingPass
 
-            tagger = TaggingPass(tree, "")
-            tagger.parameters = dict(module.named_parameters(remove_duplicate=False))
+            tagger = TaggingPass(tree, "", parameters=dict(module.named_parameters(remove_duplicate=False)))
         tagged, file_opset = tag_file(tmp, tree, "", tagger=tagger, private=True)
         timings["tag"] = time.perf_counter() - t
         os.replace(tmp, path)

@@ -150,22 +150,20 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
             with phases("tag", "Tagging nodes with their modules"):
                 parameters = None
                 for item in path.files:
-                    tagger = None
-                    if exporter not in TORCH_EXPORT and hasattr(loaded, "named_parameters"):
-                        from modelexport.hierarchy.tagging import TaggingPass
-
-                        # TorchScript folds weights a parent transposes into constants of other
-                        # names: their values say whose they are (TaggingPass._children_read_by_value)
-                        if parameters is None:
-                            parameters = dict(loaded.named_parameters(remove_duplicate=False))
-                        tagger = TaggingPass(tree, item.root)
-                        tagger.parameters = parameters
                     if exporter in TORCH_EXPORT:
                         from modelexport.hierarchy.dynamo_tags import DynamoTaggingPass
 
                         aliases = FOLDED_PARAMETERS.pop(str((staging / item.name).resolve()), None)
                         tagger = DynamoTaggingPass(tree, item.root, keep_source_info, scope_prefix=path.scope_prefix,
                                                    aliases=aliases)
+                    else:
+                        from modelexport.hierarchy.tagging import TaggingPass
+
+                        # TorchScript folds weights a parent transposes into constants of other
+                        # names: their values say whose they are (TaggingPass._children_read_by_value)
+                        if parameters is None:
+                            parameters = dict(loaded.named_parameters(remove_duplicate=False))
+                        tagger = TaggingPass(tree, item.root, parameters=parameters)
                     tagged, opset_of_file = tag_file(staging / item.name, tree, item.root, before=alias_step,
                                                      tagger=tagger, private=True)
                     file_opset = file_opset or opset_of_file

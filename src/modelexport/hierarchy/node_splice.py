@@ -160,6 +160,10 @@ class NodeSplice:
     def initializer_headers(self) -> dict[str, onnx.TensorProto]:
         """Each initializer of the main graph by name: its dims, type and data location, parsed
         without its raw data (read on demand by ``initializer_array``)."""
+        return {name: entry[0] for name, entry in self._initializer_index().items()}
+
+    def _initializer_index(self) -> dict[str, tuple]:
+        """name -> (header, payload start, payload end), parsed once."""
         if self._mmap is None:
             raise ValueError("the file is closed")
         if self._initializers is None:
@@ -173,15 +177,14 @@ class NodeSplice:
                     tensor = onnx.TensorProto.FromString(header)
                     found[tensor.name] = (tensor, f[3], f[4])
             self._initializers = found
-        return {name: entry[0] for name, entry in self._initializers.items()}
+        return self._initializers
 
     def initializer_array(self, name: str):
         """An initializer's values (numpy), or None: not an initializer, or its data is external."""
         import numpy as np
         from onnx import numpy_helper
 
-        self.initializer_headers()
-        entry = self._initializers.get(name)
+        entry = self._initializer_index().get(name)
         if entry is None or entry[0].data_location == onnx.TensorProto.EXTERNAL:
             return None
         with memoryview(self._mmap) as buf:
@@ -282,18 +285,11 @@ def _layout(pieces: list) -> list[tuple[int, bytes | tuple[int, int]]]:
 
 
 def _movable_in_place(pieces: list) -> bool:
-    """Whether writing the pieces from last to first into the original file is safe: each piece
-    lands at or after the end of every byte range that earlier pieces still have to read, and no
-    range moves down (a range moving up is copied from its end)."""
-    read_up_to = 0
-    for at, piece in _layout(pieces):
-        if at < read_up_to:
-            return False
-        if isinstance(piece, tuple):
-            if at < piece[0]:
-                return False
-            read_up_to = max(read_up_to, piece[0] + piece[1])
-    return True
+    """Whether writing the pieces from last to first into the original file is safe: it is when no
+    byte range moves down. Then each piece lands at or after the end of every range the pieces
+    before it still have to read (those ranges end at or below where they land, which is below
+    this piece), and a range moving up over itself is copied from its end."""
+    return all(at >= piece[0] for at, piece in _layout(pieces) if isinstance(piece, tuple))
 
 
 def _unshared_file(path: Path) -> bool:

@@ -339,7 +339,10 @@ class TaggingPass:
     # Metadata keys removed from every node while the tags are written (besides older tags).
     _drop_keys: frozenset[str] = frozenset()
 
-    def __init__(self, tree: ModuleTree, root_path: str = ""):
+    def __init__(self, tree: ModuleTree, root_path: str = "", parameters: dict | None = None):
+        """``parameters``: the model's parameters by name (``named_parameters(remove_duplicate=
+        False)``); with them, and the file's initializers (``tag_file`` gives those), a node reading
+        a folded copy of a child's weight gets the child (``_children_read_by_value``)."""
         if root_path not in tree:
             raise ValueError(f"root module {root_path!r} is not in the module tree")
         self.tree = tree
@@ -348,10 +351,9 @@ class TaggingPass:
         self._owners: dict[str, str] | None = None
         self._common1: dict[str, str] = {}
         self._removed = 0
-        # Parameter values by name (``parameters_by_value``); with them, and the file's initializers
-        # (``tag_file`` gives those), a node reading a folded copy of a child's weight gets the child
-        self.parameters: dict | None = None
+        self.parameters = parameters
         self.initializers = None  # NodeSplice: initializer_headers(), initializer_array(name)
+        self._by_size: dict[int, list[tuple[str, str]]] | None = None  # numel -> [(parameter, owner)]
 
     # -- the two hooks a subclass with another source of scopes overrides ----------------------
     def _scope_of_node(self, node) -> str | None:
@@ -501,12 +503,14 @@ class TaggingPass:
         import numpy as np
 
         headers = self.initializers.initializer_headers()
-        owners, contains, tree = self._owners, self.tree.contains, self.tree
-        by_size: dict[int, list[tuple[str, str]]] = {}
-        for name, tensor in self.parameters.items():
-            owner = tree.parameter_owners.get(name)
-            if owner is not None:
-                by_size.setdefault(int(tensor.numel()), []).append((name, owner))
+        owners, contains = self._owners, self.tree.contains
+        if self._by_size is None:  # once per pass: subgraphs are walked with the same parameters
+            self._by_size = {}
+            for name, tensor in self.parameters.items():
+                owner = self.tree.parameter_owners.get(name)
+                if owner is not None:
+                    self._by_size.setdefault(int(tensor.numel()), []).append((name, owner))
+        by_size = self._by_size
         arrays: dict[str, object] = {}
         for i, module in enumerate(walk.assigned):
             if module is None:
