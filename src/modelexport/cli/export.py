@@ -108,7 +108,7 @@ def print_summary(result) -> None:
             v = f.validation
             mark = ("[green]ok[/]" if v["passed"] else "[red]NaN/Inf[/]" if v.get("nonfinite")
                     else "[red]shape mismatch[/]" if v.get("shape_mismatches") else f"[red]above atol {v['atol']:g}" + (f" + rtol {v['rtol']:g}" if v.get("rtol") else "") + "[/]")
-            diff = f"{f.validation['max_abs_diff']:.2e} {mark}"
+            diff = f"{f.validation['max_abs_diff']:.2e} {mark}" + (" (top-k tie)" if v.get("topk_ties") else "")
         table.add_row(escape(f.name), str(f.nodes), str(c["direct"]), str(c["inferred"]),
                       str(c.get("partial_scope", 0)), str(c["root_fallback"]),
                       diff)
@@ -123,6 +123,14 @@ def print_summary(result) -> None:
     for f in result.files:
         for warning in f.warnings:
             console.print(f"[yellow]Warning:[/] {escape(warning)}")
+    for f in result.files:
+        ties = (f.validation or {}).get("topk_ties")
+        if ties:
+            # passed, but not by plain comparison: the user should know why the outputs differed
+            chosen = sum(t["elements_chosen_differently"] for t in ties)
+            console.print(f"Note: {escape(f.name)}: a top-k in the model has candidates that tie at float "
+                          f"precision; ONNX Runtime chose {chosen} element(s) other than PyTorch's. With its "
+                          "choice replayed in PyTorch the outputs agree (topk_ties in modelexport_metadata.json)")
     above = [f.name for f in result.files if f.validation and not f.validation["passed"]]
     if above:
         # As Optimum does, a difference above its tolerance is a warning, not a failed export.
