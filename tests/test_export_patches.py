@@ -180,3 +180,107 @@ def test_state_space_mask_kept_returns_the_same_logits(model_type, head):
     for want, have in zip(expected, got):
         torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
     assert all(cls.__dict__[name] is original for (cls, name), original in methods.items())
+
+
+@pytest.mark.parametrize("family, prefix", [("idefics3", "Idefics3"), ("smolvlm", "SmolVLM"), ("idefics2", "Idefics2")])
+def test_position_buckets_return_what_bucketize_returns(family, prefix):
+    """Idefics2/Idefics3/SmolVLM's vision embeddings bucket patch coordinates against a float
+    ``arange`` (a float32 Range of another length in ONNX). The replacement, PyTorch's boundaries
+    counted per coordinate, must equal the original exactly: sides whose float arange is not
+    correctly rounded (27, 32), images other than the config's, batches of 1 to 3, all-ones masks
+    and top-left rectangles (padded images)."""
+    import importlib
+
+    embeddings_class = getattr(importlib.import_module(f"transformers.models.{family}.modeling_{family}"),
+                               f"{prefix}VisionEmbeddings")
+    config_class = getattr(importlib.import_module(f"transformers.models.{family}.configuration_{family}"),
+                           f"{prefix}VisionConfig")
+    torch.manual_seed(0)
+    for image, patch in [(224, 32), (378, 14), (512, 16)]:
+        embeddings = embeddings_class(config_class(hidden_size=16, image_size=image, patch_size=patch)).eval()
+        for batch, (height, width) in [(1, (image, image)), (2, (image // 2, image)), (3, (image, image + 2 * patch))]:
+            pixels = torch.randn(batch, 3, height, width)
+            rectangles = torch.zeros(batch, height // patch, width // patch, dtype=torch.bool)
+            for i in range(batch):
+                rectangles[i, :torch.randint(1, height // patch + 1, ()),
+                           :torch.randint(1, width // patch + 1, ())] = True
+            for mask in (torch.ones_like(rectangles), rectangles):
+                with torch.no_grad():
+                    expected = embeddings(pixels, mask)
+                    with export_patches(embeddings) as applied:
+                        got = embeddings(pixels, mask)
+                        names = {p.name for p in applied}
+                    after = embeddings(pixels, mask)
+                assert "position-buckets" in names
+                assert torch.equal(got, expected)
+                assert torch.equal(after, expected)  # the class has its own forward back
+
+
+@pytest.mark.optimum  # the Optimum path: DeepSeek-V3 has an Optimum config in transformers 4.57
+def test_optimum_path_traces_every_expert_of_a_moe(tmp_path):
+    """A TorchScript trace of DeepSeek-V3's loop over the experts hit keeps only the experts the
+    dummy inputs hit (the tiny model has 256): without the dense-experts patch the file differed
+    from PyTorch by 0.07 on the validation's inputs. With it, the file equals PyTorch on inputs
+    neither the trace nor the validation saw, and the metadata lists the patch."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    import modelexport
+    from modelexport.testing.breadth import build_tiny
+
+    model = build_tiny("deepseek_v3", "DeepseekV3ForCausalLM", "text-generation", tmp_path / "model")
+    moe_class = type(model.model.layers[1].mlp)
+    sparse = moe_class.__dict__["moe"]
+    result = modelexport.export(tmp_path / "model", tmp_path / "out", task="text-generation")
+    meta = json.loads((tmp_path / "out" / "modelexport_metadata.json").read_text())
+    assert meta["exporter"] == "torchscript"
+    assert [(p["name"], p["classes"]) for p in meta["optimum"]["patches"]] == [("dense-moe-experts", ["DeepseekV3MoE"])]
+    assert result.files[0].validation["passed"]
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    torch.manual_seed(3)
+    ids = torch.randint(0, model.config.vocab_size, (3, 23))
+    feed = {"input_ids": ids.numpy(), "attention_mask": np.ones((3, 23), dtype=np.int64),
+            "position_ids": np.tile(np.arange(23), (3, 1))}
+    feed = {i.name: feed[i.name] for i in session.get_inputs()}
+    with torch.no_grad():
+        expected = model(input_ids=ids, use_cache=False).logits.numpy()
+    np.testing.assert_allclose(session.run(["logits"], feed)[0], expected, atol=1e-4, rtol=1e-4)
+    assert moe_class.__dict__["moe"] is sparse  # the class has its own loop back
+
+
+def test_llama4_complex_rotary_is_real_during_the_export(tmp_path):
+    """Llama 4's text model multiplies by complex rotary frequencies (torch.polar), which ONNX
+    cannot hold: torch.onnx alone fails. Patched, the embedding returns their real view and the
+    module's apply_rotary_emb does the product in real arithmetic: the same logits, the module's
+    own function back afterwards, and a real export that ONNX Runtime runs as PyTorch does."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    import modelexport
+    from modelexport.testing.breadth import build_tiny
+    from transformers.models.llama4 import modeling_llama4
+
+    model = build_tiny("llama4_text", "Llama4ForCausalLM", "text-generation", tmp_path / "model")
+    function = modeling_llama4.apply_rotary_emb
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        expected = model(input_ids=ids, use_cache=False).logits
+        with export_patches(model) as applied:
+            assert "real-rotary" in {p.name for p in applied}
+            assert modeling_llama4.apply_rotary_emb is not function
+            patched = model(input_ids=ids, use_cache=False).logits
+    assert modeling_llama4.apply_rotary_emb is function
+    torch.testing.assert_close(patched, expected, rtol=1e-5, atol=1e-5)
+    modelexport.export(tmp_path / "model", tmp_path / "out", task="text-generation", exporter="generic")
+    meta = json.loads((tmp_path / "out" / "modelexport_metadata.json").read_text())
+    assert "real-rotary" in {p["name"] for p in meta["generic"]["patches"]}
+    assert all(f["validation"]["passed"] for f in meta["files"].values())
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy()),
+            "position_ids": np.tile(np.arange(9), (2, 1))}
+    feed = {i.name: feed[i.name] for i in session.get_inputs()}
+    np.testing.assert_allclose(session.run(["logits"], feed)[0], expected.numpy(), atol=1e-4, rtol=1e-4)

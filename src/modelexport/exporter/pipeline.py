@@ -242,7 +242,9 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
             "static_shapes": static_shapes or None,
             "static_preprocessing": static_changes or None,
             "opset": file_opset,
-            **({"generic": path.details} if path.details else {}),
+            # the path's own record: the generic path's layout, inputs, axes and patches; the
+            # Optimum path's patches (dense MoE experts under its TorchScript trace)
+            **({("generic" if exporter == "generic" else "optimum"): path.details} if path.details else {}),
             "files": {r.name: {"root_module": r.root_module, "nodes": r.nodes, "coverage": r.coverage,
                                "graph_sha256": r.graph_sha256, "validation": r.validation,
                                "warnings": r.warnings} for r in reports},
@@ -386,7 +388,8 @@ def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter:
         return {name: merge_validations(results) for name, results in by_file.items()}
 
     return PathOutput(files, validate, ort_model_class_name(source.task, source.library, getattr(loaded, "config", None)),
-                      open_sessions=open_sessions if exported.pending_axis_checks else None)
+                      open_sessions=open_sessions if exported.pending_axis_checks else None,
+                      details={"patches": exported.patches} if exported.patches else {})
 
 
 def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_code: bool,

@@ -35,6 +35,24 @@ Patches (each has a test that the patched forward returns what the original retu
 - ``parameter-buffers-as-tensors``: a buffer registered as an ``nn.Parameter`` object
   (transformers 4.57's FalconMamba) is lifted twice by torch.export ("attribute ... already
   exists"); during the export it is the same values as a plain tensor.
+- ``position-buckets``: Idefics2's, Idefics3's and SmolVLM's vision embeddings (and Phi-4-multimodal's
+  in transformers 5) bucket patch coordinates with ``torch.bucketize(coords, torch.arange(1 / side,
+  1.0, 1 / side), right=True)``. torchlib writes that float ``arange`` as a float32 ``Range``: for
+  side 7, 6 values where PyTorch has 7 (PyTorch computes the length in double) and 3/7 one ulp off;
+  bucketize's decomposition keeps PyTorch's length and gathers past the end (ONNX Runtime: "GatherND
+  ... invalid index found, index = 6"). transformers 4.57's ``* (1 - 1e-6)`` is also dropped by
+  onnxscript's ``mul_by_1`` rule (1 within rel_tol 1e-5), which moves coordinates onto boundaries.
+  The replacement takes the boundaries PyTorch computes, measured before the trace (a constant),
+  counts those <= each coordinate (bucketize, right=True), multiplies by a tensor of 1 - 1e-6 (kept)
+  and, in 4.57, computes every image at once (the loop over the batch fixed it): equal to the
+  original for masks that are top-left rectangles (what the image processors make, as transformers
+  5's own vectorised forward assumes).
+- ``real-rotary``: Llama 4's text rotary embedding returns complex frequencies (``torch.polar``)
+  that ``apply_rotary_emb`` multiplies with the query and key viewed as complex; ONNX has no complex
+  type ("No ONNX function found for aten.unsqueeze", on a complex tensor). During the export the
+  embedding returns the real view ([..., dim / 2, (cos, sin)]) and the module's
+  ``apply_rotary_emb`` writes the complex product out in real arithmetic (a ``functions`` entry:
+  a function of the class's Python module replaced with the method).
 - ``no-traced-input-checks``: transformers 5 checks inputs with ``torch._check_tensor_all`` (e.g.
   that a vision-language model got as many image tokens as image features); traced, the check
   becomes ``aten._is_all_true``, which has no ONNX translation. transformers' own switch
@@ -48,6 +66,7 @@ import contextlib
 import inspect
 import itertools
 import os
+import sys
 import textwrap
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -357,6 +376,107 @@ def _checks_placeholders_in_python(module) -> bool:
         return False
 
 
+_POSITION_BUCKETS = "torch.bucketize(fractional_coords_h, boundaries, right=True)"
+_COORDINATES = {"h_indices / nb_patches_h * (1 - 1e-6)": False,  # transformers 4.57, a loop over the images
+                "torch.clamp(fractional_coords_h, max=(1.0 - 1e-6))": True}  # transformers 5, vectorised
+_BOUNDARIES: dict[tuple[int, str], list[float]] = {}  # (side, device) -> torch.arange(1 / side, 1.0, 1 / side)
+_BUCKETING_CLASSES: dict[type, bool] = {}
+
+
+def _boundaries(side: int, device) -> list[float]:
+    """The values of ``torch.arange(1 / side, 1.0, 1 / side)`` as PyTorch computes them (its float
+    arange is not correctly rounded: float32 steps, CPU vector width); measured in eager mode, when
+    the patch is matched, so that the trace takes them as a constant."""
+    key = (side, str(device))
+    if key not in _BOUNDARIES:
+        _BOUNDARIES[key] = torch.arange(1 / side, 1.0, 1 / side, device=device).tolist()
+    return _BOUNDARIES[key]
+
+
+def _buckets_positions(module) -> bool:
+    cls = type(module)
+    if cls not in _BUCKETING_CLASSES:
+        try:
+            source = inspect.getsource(cls.__dict__["forward"])
+        except (KeyError, OSError, TypeError):
+            source = ""
+        _BUCKETING_CLASSES[cls] = _POSITION_BUCKETS in source and any(line in source for line in _COORDINATES)
+    if not _BUCKETING_CLASSES[cls]:
+        return False
+    weight = getattr(getattr(module, "position_embedding", None), "weight", None)
+    _boundaries(module.num_patches_per_side, weight.device if weight is not None else "cpu")
+    return True
+
+
+def position_buckets_forward(original):
+    """Idefics2/Idefics3/SmolVLM ``*VisionEmbeddings.forward`` with the position buckets counted
+    against PyTorch's own boundaries (see ``position-buckets`` above)."""
+    clamped = "torch.clamp(fractional_coords_h" in inspect.getsource(original)
+
+    def forward(self, pixel_values, patch_attention_mask):
+        batch_size = pixel_values.shape[0]
+        embeddings = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        side = self.num_patches_per_side
+        boundaries = torch.tensor(_boundaries(side, self.position_embedding.weight.device), device=pixel_values.device)
+        buckets = []
+        for size, count in ((patch_attention_mask.shape[1], patch_attention_mask[:, :, 0].sum(dim=1)),
+                            (patch_attention_mask.shape[2], patch_attention_mask[:, 0, :].sum(dim=1))):
+            if clamped:
+                indices = torch.arange(size, device=pixel_values.device, dtype=torch.float32)
+                coords = torch.clamp(indices[None, :] * (1.0 / count)[:, None], max=(1.0 - 1e-6))
+            else:
+                indices = torch.arange(size, device=pixel_values.device, dtype=pixel_values.dtype)
+                coords = indices[None, :] / count[:, None]
+                # a tensor, not the number: onnxscript's optimizer drops a Mul by a scalar within 1e-5 of 1;
+                # in float32 at least, as PyTorch multiplies a half-precision tensor by a number
+                scale = torch.full_like(coords, 1 - 1e-6, dtype=torch.promote_types(coords.dtype, torch.float32))
+                coords = (coords * scale).to(coords.dtype)
+            buckets.append((coords.unsqueeze(-1) >= boundaries).sum(dim=-1))  # bucketize(right=True)
+        position_ids = (buckets[0][:, :, None] * side + buckets[1][:, None, :]).reshape(batch_size, -1)
+        position_ids = torch.where(patch_attention_mask.view(batch_size, -1), position_ids, 0)
+        return embeddings + self.position_embedding(position_ids)
+
+    return forward
+
+
+def _complex_rotary(module) -> bool:
+    """Llama 4's text rotary embedding: ``torch.polar`` (default or llama3 frequencies; the dynamic
+    kinds change ``inv_freq`` in a decorator the replacement does not repeat)."""
+    cls = type(module)
+    if not (cls.__name__ == "Llama4TextRotaryEmbedding" and getattr(module, "rope_type", "default") in
+            ("default", "llama3")):
+        return False
+    try:
+        return "torch.polar(" in inspect.getsource(cls.__dict__["forward"])
+    except (KeyError, OSError, TypeError):
+        return False
+
+
+def real_rotary_forward(self, x, position_ids):
+    """``torch.polar(1, freqs) * scaling`` as its real view: [..., dim / 2, (cos, sin)]."""
+    freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+    return torch.stack([torch.cos(freqs), torch.sin(freqs)], dim=-1) * self.attention_scaling
+
+
+def real_apply_rotary_emb(original):
+    """Llama 4's ``apply_rotary_emb`` on the real view of the frequencies: the complex product
+    (a + ib)(cos + i sin) written out; complex frequencies go to the original."""
+
+    def apply_rotary_emb(xq, xk, freqs_cis):
+        if freqs_cis.is_complex():
+            return original(xq, xk, freqs_cis)
+        cos, sin = freqs_cis[:, :, None, :, 0], freqs_cis[:, :, None, :, 1]
+
+        def rotated(x):
+            pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+            real, imag = pairs[..., 0], pairs[..., 1]
+            return torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1).flatten(3).type_as(x)
+
+        return rotated(xq), rotated(xk)
+
+    return apply_rotary_emb
+
+
 @dataclass(frozen=True)
 class Patch:
     name: str
@@ -365,6 +485,8 @@ class Patch:
     replacement: Callable  # the new method, or a function of the class's original method giving it
     method: str = "forward"
     derived: bool = False  # replacement(original) builds the new method
+    # functions of the class's Python module replaced with it: name -> (original function -> new one)
+    functions: tuple[tuple[str, Callable], ...] = ()
 
 
 PATCHES = (
@@ -389,6 +511,12 @@ PATCHES = (
     Patch("placeholder-checks-removed", "image-token count checked in Python (data-dependent): the check's raise "
           "branches removed from get_placeholder_mask", _checks_placeholders_in_python, without_raising_branches,
           method="get_placeholder_mask", derived=True),
+    Patch("position-buckets", "vision position buckets from a float arange (a float32 Range of another length in "
+          "ONNX) and bucketize: PyTorch's boundaries as a constant, counted per coordinate, all images at once",
+          _buckets_positions, position_buckets_forward, derived=True),
+    Patch("real-rotary", "rotary frequencies as complex numbers (torch.polar; ONNX has no complex type): the same "
+          "products in real arithmetic", _complex_rotary, real_rotary_forward,
+          functions=(("apply_rotary_emb", real_apply_rotary_emb),)),
 )
 
 
@@ -404,14 +532,16 @@ class AppliedPatch:
 
 
 @contextlib.contextmanager
-def export_patches(model: torch.nn.Module) -> Iterator[list[AppliedPatch]]:
-    """Patch the classes of ``model``'s modules that need it; yields what was patched."""
+def export_patches(model: torch.nn.Module, only: tuple[str, ...] | None = None) -> Iterator[list[AppliedPatch]]:
+    """Patch the classes of ``model``'s modules that need it; yields what was patched. ``only``:
+    these patches of ``PATCHES`` and nothing else (the Optimum path's TorchScript trace)."""
     saved: dict[tuple[type, str], object] = {}
     applied: dict[tuple[str, str], AppliedPatch] = {}
-    checks_env = _traced_checks_exist() and os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK") != "1"
+    checks_env = only is None and _traced_checks_exist() and os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK") != "1"
+    chosen = [p for p in PATCHES if only is None or p.name in only]
     for module in model.modules():
         cls = type(module)
-        for patch in PATCHES:
+        for patch in chosen:
             if not patch.matches(module):
                 continue
             entry = applied.setdefault((patch.name, patch.why), AppliedPatch(patch.name, patch.why, [], 0))
@@ -422,6 +552,11 @@ def export_patches(model: torch.nn.Module) -> Iterator[list[AppliedPatch]]:
                 saved[key] = original
                 setattr(cls, patch.method, patch.replacement(original) if patch.derived else patch.replacement)
                 entry.classes.append(cls.__name__)
+                namespace = sys.modules[cls.__module__]
+                for name, make in patch.functions:
+                    if (namespace, name) not in saved:
+                        saved[(namespace, name)] = getattr(namespace, name)
+                        setattr(namespace, name, make(saved[(namespace, name)]))
             break
     previous_env = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
     if checks_env:
@@ -431,8 +566,11 @@ def export_patches(model: torch.nn.Module) -> Iterator[list[AppliedPatch]]:
             "TRANSFORMERS_DISABLE_TORCH_CHECK=1 during the export", [], 0)
     patches = list(applied.values())
     try:
-        with _module_to_without_changes(patches), _parameter_buffers_as_tensors(model, patches):
+        if only is not None:
             yield patches
+        else:
+            with _module_to_without_changes(patches), _parameter_buffers_as_tensors(model, patches):
+                yield patches
     finally:
         if checks_env:
             if previous_env is None:

@@ -44,6 +44,7 @@ class OptimumExport:
     trace_warnings: dict[str, list[str]] = field(default_factory=dict)  # file -> what the trace fixed
     # file -> Optimum's dynamic-axes check not yet run on it (see deferred_axis_checks)
     pending_axis_checks: dict[str, tuple] = field(default_factory=dict)
+    patches: list[dict] = field(default_factory=list)  # export patches applied during the trace
 
 
 @contextlib.contextmanager
@@ -115,9 +116,15 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
     deferrable = set() if static_shapes else {
         f"{name}.onnx" for name in models_and_configs
         if not (merged and name in ("decoder_model", "decoder_with_past_model"))}
+    from modelexport.exporter.generic.patches import export_patches
+
     try:
+        # A TorchScript trace of a loop over the experts the router hit keeps only the experts hit
+        # on the dummy inputs (DeepSeek-V3's 256): a file right on those inputs, wrong on others.
+        # The generic path's dense-experts patch (every expert, weighted by the router) applies here too.
         with no_preprocessor_reload(getattr(model, "config", None)), trace, \
-                deferred_axis_checks(pending_axis_checks, deferrable):
+                deferred_axis_checks(pending_axis_checks, deferrable), \
+                export_patches(model, only=("dense-moe-experts",)) as applied:
             onnx_export_from_model(model, output_dir, task=task, opset=opset, do_validation=False,
                                    no_post_process=True, no_dynamic_axes=bool(static_shapes),
                                    **(static_shapes or {}))
@@ -161,4 +168,5 @@ def export_with_optimum(model, task: str, library: str, output_dir: Path, opset:
     vanished = sorted(k for k in pending_axis_checks if not (output_dir / k).is_file())
     if vanished:  # post-processing used a file before its check: deferring it was wrong here
         raise RuntimeError(f"Optimum's post-processing removed {', '.join(vanished)} before its output-axes check")
-    return OptimumExport(files, validations, trace_warnings, pending_axis_checks)
+    return OptimumExport(files, validations, trace_warnings, pending_axis_checks,
+                         [p.as_dict() for p in applied])
