@@ -107,3 +107,37 @@ def test_installed_versions_from_modules_are_the_distributions_versions():
         assert compat.installed_version(package) == expected, package
         checked += 1
     assert checked >= 6
+
+
+class _NearlyOne(torch.nn.Module):
+    """Arithmetic the onnxscript optimizer's no-op rules take for nothing at their default
+    tolerances: a scale 1e-6 below one, an offset of 1e-9."""
+
+    def forward(self, x):
+        return x * 0.999999, (x * 1e-9) + 1e-9
+
+
+def test_rewrite_constants_are_matched_exactly(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    x = torch.rand(3, 5) + 0.5
+    expected = [t.numpy() for t in _NearlyOne()(x)]
+
+    def exported(name):
+        torch.onnx.export(_NearlyOne().eval(), (x,), str(tmp_path / name), dynamo=True, verbose=False)
+        ops = [n.op_type for n in onnx.load(str(tmp_path / name)).graph.node]
+        session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        return ops, session.run(None, {session.get_inputs()[0].name: x.numpy()})
+
+    ops, got = exported("plain.onnx")
+    # the premise: without the block both are dropped (if this fails, onnxscript fixed it and the
+    # compat function can go)
+    assert ops.count("Mul") == 1 and "Add" not in ops, ops
+    assert not np.array_equal(got[0], expected[0])
+    with compat.rewrite_constants_matched_exactly():
+        ops, got = exported("exact.onnx")
+    assert ops.count("Mul") == 2 and ops.count("Add") == 1, ops
+    for want, have in zip(expected, got):
+        np.testing.assert_array_equal(have, want)

@@ -243,6 +243,57 @@ def test_audio_model_through_its_feature_extractor(tmp_path_factory, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_raw_audio_with_a_channels_axis_varies_in_its_samples(tmp_path):
+    """DAC's input_values are [batch, channels, samples] (PE-Audio's and OmniASR-CTC's too):
+    the clip's length is axis 2, found as the axis a shorter clip changes. Declared on axis 1, the
+    channels were grown from 1 to 2 for the trace and torch.export failed in the first conv
+    ("AssertionError: False != True"). The file runs other batch sizes and lengths as PyTorch."""
+    import onnxruntime as ort
+
+    from modelexport.testing.breadth import build_tiny
+
+    source = tmp_path / "dac"
+    model = build_tiny("dac", "DacModel", "feature-extraction", source)
+    out = tmp_path / "dac-onnx"
+    result, meta = _export(source, out)
+    assert meta["generic"]["inputs"]["model.onnx"]["input_values"]["dynamic_axes"] == \
+        {"0": "batch_size", "2": "sequence_length"}
+    assert all(f.validation["passed"] for f in result.files)
+    _assert_tags_are_the_parameters_owners(model, out, result)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch_size", 1, "sequence_length"]
+    clips = torch.randn(3, 1, 10000, generator=torch.Generator().manual_seed(3))  # not the traced 2 x 16384
+    with torch.no_grad():
+        expected = model(input_values=clips)
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {"input_values": clips.numpy()})))
+    for name in ("audio_values", "quantized_representation", "projected_latents"):
+        np.testing.assert_allclose(got[name], getattr(expected, name).numpy(), atol=1e-4)
+    np.testing.assert_array_equal(got["audio_codes"], expected.audio_codes.numpy())
+
+
+def test_outputs_that_are_a_tuple_of_tensors_are_each_an_output(tmp_path):
+    """MGP-STR's only tensors are its logits, a tuple (characters, BPE, WordPiece): each is a graph
+    output named logits.N (as Optimum flattens a collection), where the export used to find no
+    tensor to export. ONNX Runtime gives each as PyTorch does."""
+    import onnxruntime as ort
+
+    from modelexport.testing.breadth import build_tiny
+
+    model = build_tiny("mgp-str", "MgpstrForSceneTextRecognition", "image-to-text", tmp_path / "model")
+    result, meta = _export(tmp_path / "model", tmp_path / "out", exporter="generic")
+    assert all(f.validation["passed"] for f in result.files)
+    _assert_tags_are_the_parameters_owners(model, tmp_path / "out", result)
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits.0", "logits.1", "logits.2"]
+    size = model.config.image_size
+    pixels = torch.rand(3, model.config.num_channels, *(size if isinstance(size, (list, tuple)) else (size, size)))
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).logits
+    for want, got in zip(expected, session.run(None, {"pixel_values": pixels.numpy()})):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
+
+
 # -- the real MiniLM, without Optimum's config ---------------------------------------------------
 def test_minilm_through_the_generic_path_matches_sentence_transformers(minilm_dir, tmp_path):
     from sentence_transformers import SentenceTransformer

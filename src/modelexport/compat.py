@@ -24,6 +24,7 @@ TESTED = {
     "onnxruntime": ((1, 32), (1, 33)),
     "ai-edge-model-explorer": ((0, 1), (0, 2)),
     "transformers": (((4, 57), (4, 58)), ((5, 0), (6, 0))),
+    "onnxscript": ((0, 7), (0, 8)),
 }
 
 
@@ -202,6 +203,37 @@ def number_minus_tensor_rewritten():
         yield
     finally:
         _fx_passes.insert_type_promotion_nodes = original
+
+
+@contextlib.contextmanager
+def rewrite_constants_matched_exactly():
+    """Inside the block, the onnxscript optimizer that ``torch.onnx.export(dynamo=True)`` runs
+    matches a rule's constants to float32 precision, not within its default ``rel_tol=1e-5`` /
+    ``abs_tol=1e-8``. With those, its no-op rules remove real arithmetic: ``x * 0.999999`` becomes
+    ``x`` (``mul_by_1``; transformers 4.57's Idefics3 vision positions), ``x + 1e-9`` becomes
+    ``x`` (``add_0``), and a value computed just below a boundary lands on it. Float32 rounding of
+    a rule's own constants (GELU's 0.044715) is 6e-8 relative at most: those rules still match."""
+    check_version("onnxscript")
+    from onnxscript.rewriter import _matcher
+
+    original = _matcher.SimplePatternMatcher._match_constant
+
+    def exact(self, pattern_constant, value):
+        saved = pattern_constant._rel_tol, pattern_constant._abs_tol
+        pattern_constant._rel_tol, pattern_constant._abs_tol = min(saved[0], _FLOAT32_REL_TOL), 0.0
+        try:
+            return original(self, pattern_constant, value)
+        finally:
+            pattern_constant._rel_tol, pattern_constant._abs_tol = saved
+
+    _matcher.SimplePatternMatcher._match_constant = exact
+    try:
+        yield
+    finally:
+        _matcher.SimplePatternMatcher._match_constant = original
+
+
+_FLOAT32_REL_TOL = 1.2e-7  # float32's machine epsilon: a double rounded to float32 is within half of it
 
 
 # -- ONNX Runtime -----------------------------------------------------------------------------

@@ -195,9 +195,11 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
     inputs = kwargs if kwargs else tuple(args)
 
     def trace(auto: bool):
-        from modelexport.compat import number_minus_tensor_rewritten, torchlib_registry_reused
+        from modelexport.compat import (number_minus_tensor_rewritten, rewrite_constants_matched_exactly,
+                                        torchlib_registry_reused)
 
-        with torchlib_registry_reused(), number_minus_tensor_rewritten(), _export_error_log_off():
+        with torchlib_registry_reused(), number_minus_tensor_rewritten(), rewrite_constants_matched_exactly(), \
+                _export_error_log_off():
             return _trace(auto)
 
     def _trace(auto: bool):

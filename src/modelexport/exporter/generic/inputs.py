@@ -448,15 +448,21 @@ class InputBuilder:
     @staticmethod
     def _audio_time_axis(extractor, name: str, value, rate: int) -> dict[int, str]:
         """The axis that follows the clip's length: the one that changes when the extractor is
-        given a shorter clip (frames are axis 1 for some extractors, axis 2 for others)."""
-        if name == "input_values":
-            return {1: "sequence_length"}
+        given a shorter clip (frames are axis 1 for some extractors, axis 2 for others). Raw
+        audio is [batch, samples] (Wav2Vec2) or [batch, channels, samples] (DAC, EnCodec,
+        PE-Audio, OmniASR): declaring the channels axis dynamic grows its 1 to 2 for the trace
+        (``grow_unit_axes``), an input the model's first conv refuses, and torch.export then
+        fails inside the conv's fake kernel ("AssertionError: False != True"). An extractor that
+        pads every clip to one length (AST's spectrogram ``input_values``) keeps axis 1."""
         try:
             shorter = extractor(_generated_audio(value.shape[0], 0.6, rate), sampling_rate=rate,
                                 return_tensors="pt")[name]
         except Exception:  # noqa: BLE001  (no second call possible: the frames stay as traced)
-            return {}
-        changed = [axis for axis in range(1, value.ndim) if shorter.shape[axis] != value.shape[axis]]
+            return {1: "sequence_length"} if name == "input_values" else {}
+        changed = [axis for axis in range(1, value.ndim)
+                   if shorter.ndim == value.ndim and shorter.shape[axis] != value.shape[axis]]
+        if name == "input_values":
+            return {changed[0] if len(changed) == 1 else 1: "sequence_length"}
         return {changed[0]: "feature_sequence_length"} if len(changed) == 1 else {}
 
     def _from_processor(self, sequence, inputs, axes, notes) -> bool:

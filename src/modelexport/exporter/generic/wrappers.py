@@ -24,14 +24,21 @@ def tensor_outputs(output) -> list[str]:
     tensors (nested outputs, caches and tuples of hidden states are not graph outputs here)."""
     if isinstance(output, torch.Tensor):
         return ["output"]
-    items = output.items() if hasattr(output, "items") else []
-    return [k for k, v in items if isinstance(v, torch.Tensor)]
+    items = list(output.items()) if hasattr(output, "items") else []
+    names = [k for k, v in items if isinstance(v, torch.Tensor)]
+    if names:
+        return names
+    # no tensor field at all: a field that is a tuple of tensors is the output (MGP-STR's logits are
+    # (characters, BPE, WordPiece)), each member named FIELD.N as Optimum flattens a collection
+    return [f"{k}.{i}" for k, v in items if isinstance(v, (tuple, list)) and v
+            and all(isinstance(t, torch.Tensor) for t in v) for i in range(len(v))]
 
 
 def pick(output, names: list[str]) -> tuple:
     if isinstance(output, torch.Tensor):
         return (output,)
-    return tuple(output[n] for n in names)
+    return tuple(output[n] if n in output else output[n.rsplit(".", 1)[0]][int(n.rsplit(".", 1)[1])]
+                 for n in names)
 
 
 class NamedOutputs(torch.nn.Module):
