@@ -53,6 +53,19 @@ Patches (each has a test that the patched forward returns what the original retu
   embedding returns the real view ([..., dim / 2, (cos, sin)]) and the module's
   ``apply_rotary_emb`` writes the complex product out in real arithmetic (a ``functions`` entry:
   a function of the class's Python module replaced with the method).
+- ``traced-branch-kept``: transformers 4.57's RecurrentGemma RG-LRU skips its input normalisation
+  (``multiplier = sqrt(1 - a**2)``) under ``if not torch.jit.is_tracing() and not tracing:``: traced,
+  the multiplier is 1 (logits 0.14 off). The ``if`` is recompiled as ``if True:`` (transformers 5
+  always normalises).
+- ``causal-mask-skip-reproduced``: in PyTorch transformers' SDPA mask is None when the padding mask
+  is all ones (``_ignore_causal_mask_sdpa``: data-dependent, never under a trace), relying on SDPA's
+  ``is_causal``. Aimv2's text model (its attention passes ``is_causal=False``) and 4.57's Doge (its
+  attention always passes a dynamic mask of its own) then attend to every position; traced, they
+  attend causally (Aimv2's logits 1.3 off, Doge's 0.5). Their module's ``create_causal_mask`` (and
+  sliding-window one: a ``functions`` entry; forward unchanged) return ``mask | all(attention_mask)``
+  where PyTorch would drop it (its tests on lengths decided at trace time or in the graph):
+  PyTorch's values for every padding mask. transformers 5's Doge passes
+  ``allow_is_causal_skip=False`` (not matched).
 - ``no-traced-input-checks``: transformers 5 checks inputs with ``torch._check_tensor_all`` (e.g.
   that a vision-language model got as many image tokens as image features); traced, the check
   becomes ``aten._is_all_true``, which has no ONNX translation. transformers' own switch
@@ -477,6 +490,85 @@ def real_apply_rotary_emb(original):
     return apply_rotary_emb
 
 
+_TRACING_TEST = "not torch.jit.is_tracing() and not tracing"
+
+
+class _TracingTestToTrue(ast.NodeTransformer):
+    """``if not torch.jit.is_tracing() and not tracing:`` -> ``if True:``: the branch PyTorch runs
+    outside a trace runs in the trace too (transformers 4.57's RecurrentGemma RG-LRU skips its input
+    normalisation ``sqrt(1 - a**2)`` when traced: multiplier 1 instead)."""
+
+    def __init__(self):
+        self.test = ast.dump(ast.parse(_TRACING_TEST).body[0].value)
+        self.replaced = 0
+
+    def visit_If(self, node):  # noqa: N802
+        self.generic_visit(node)
+        if ast.dump(node.test) == self.test:
+            self.replaced += 1
+            node.test = ast.copy_location(ast.Constant(True), node.test)
+        return node
+
+
+def _skips_code_when_traced(module) -> bool:
+    return _rewrites(type(module), "forward", _TracingTestToTrue) == 1
+
+
+# Models whose attention, given no mask, attends to every position: transformers' SDPA mask is
+# None in PyTorch when the padding mask is all ones (``_ignore_causal_mask_sdpa``, never under a
+# trace), and these then attend without causality (Aimv2's text attention passes
+# ``is_causal=False``; transformers 4.57's Doge always passes a dynamic mask of its own, so SDPA's
+# ``is_causal`` fallback never applies). transformers 5's Doge passes ``allow_is_causal_skip=False``.
+_SKIPPED_MASK_ATTENDS_ALL = {"Aimv2TextModel", "DogeModel"}
+_MASK_FUNCTIONS = ("create_causal_mask", "create_sliding_window_causal_mask")
+
+
+def _mask_skipped_when_all_ones(module) -> bool:
+    cls = type(module)
+    if cls.__name__ not in _SKIPPED_MASK_ATTENDS_ALL or "forward" not in cls.__dict__:
+        return False
+    if getattr(getattr(module, "config", None), "_attn_implementation", None) != "sdpa":
+        return False
+    try:
+        source = inspect.getsource(cls.__dict__["forward"])
+    except (OSError, TypeError):
+        return False
+    return "create_causal_mask" in source and "allow_is_causal_skip=False" not in source
+
+
+def skip_reproduced(mask_function):
+    """``mask_function`` (``create_causal_mask`` or the sliding-window one) whose SDPA mask attends
+    everywhere when the padding mask is all ones and PyTorch would have dropped it
+    (``_ignore_causal_mask_sdpa``: its tests on lengths decided at trace time where the shapes say,
+    in the graph otherwise; the one on values, ``padding_mask.all()``, in the graph)."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    sliding = "sliding" in mask_function.__name__
+
+    def mask(*args, **kwargs):
+        result = mask_function(*args, **kwargs)
+        config, padding = kwargs.get("config"), kwargs.get("attention_mask")
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        if not (isinstance(result, torch.Tensor) and result.dtype == torch.bool and result.dim() == 4
+                and isinstance(padding, torch.Tensor) and padding.dim() == 2
+                and getattr(config, "_attn_implementation", None) == "sdpa"
+                and not getattr(cache, "is_compileable", False)):
+            return result
+        q_length, kv_length = result.shape[-2], result.shape[-1]
+        # the padding mask's first kv_length columns, as PyTorch takes them (kv_offset 0)
+        skipped = padding[:, :kv_length].bool().all()
+        if not (statically_known_true(q_length == 1) or statically_known_true(kv_length == q_length)):
+            # lengths known only at run time (a cache of any length): PyTorch's test on them, in the graph
+            q, kv = (torch.scalar_tensor(n, dtype=torch.int64, device=result.device) for n in (q_length, kv_length))
+            skipped = skipped & ((q == 1) | (kv == q))
+        window = getattr(config, "sliding_window", None) if sliding else None
+        if window is not None and not statically_known_true(kv_length < window):
+            skipped = skipped & (torch.scalar_tensor(kv_length, dtype=torch.int64, device=result.device) < window)
+        return result | skipped
+
+    return mask
+
+
 @dataclass(frozen=True)
 class Patch:
     name: str
@@ -485,7 +577,8 @@ class Patch:
     replacement: Callable  # the new method, or a function of the class's original method giving it
     method: str = "forward"
     derived: bool = False  # replacement(original) builds the new method
-    # functions of the class's Python module replaced with it: name -> (original function -> new one)
+    # functions of the class's Python module replaced with it: name -> (original function -> new one);
+    # names the module does not have are left out
     functions: tuple[tuple[str, Callable], ...] = ()
 
 
@@ -511,6 +604,13 @@ PATCHES = (
     Patch("placeholder-checks-removed", "image-token count checked in Python (data-dependent): the check's raise "
           "branches removed from get_placeholder_mask", _checks_placeholders_in_python, without_raising_branches,
           method="get_placeholder_mask", derived=True),
+    Patch("traced-branch-kept", "code skipped when traced (if not torch.jit.is_tracing() and not tracing): run "
+          "as PyTorch runs it", _skips_code_when_traced,
+          lambda original: _recompiled(original, _TracingTestToTrue()), derived=True),
+    Patch("causal-mask-skip-reproduced", "SDPA mask dropped by PyTorch for a padding mask of all ones (data-dependent, "
+          "kept under a trace), after which this attention attends everywhere: the traced mask attends everywhere "
+          "when all(attention_mask)", _mask_skipped_when_all_ones, lambda original: original, derived=True,
+          functions=tuple((name, skip_reproduced) for name in _MASK_FUNCTIONS)),
     Patch("position-buckets", "vision position buckets from a float arange (a float32 Range of another length in "
           "ONNX) and bucketize: PyTorch's boundaries as a constant, counted per coordinate, all images at once",
           _buckets_positions, position_buckets_forward, derived=True),
@@ -554,7 +654,7 @@ def export_patches(model: torch.nn.Module, only: tuple[str, ...] | None = None) 
                 entry.classes.append(cls.__name__)
                 namespace = sys.modules[cls.__module__]
                 for name, make in patch.functions:
-                    if (namespace, name) not in saved:
+                    if (namespace, name) not in saved and hasattr(namespace, name):  # the module may not import it
                         saved[(namespace, name)] = getattr(namespace, name)
                         setattr(namespace, name, make(saved[(namespace, name)]))
             break
