@@ -136,8 +136,32 @@ def test_rewrite_constants_are_matched_exactly(tmp_path):
     # compat function can go)
     assert ops.count("Mul") == 1 and "Add" not in ops, ops
     assert not np.array_equal(got[0], expected[0])
-    with compat.rewrite_constants_matched_exactly():
+    with compat.safe_onnxscript_rewrites():
         ops, got = exported("exact.onnx")
     assert ops.count("Mul") == 2 and ops.count("Add") == 1, ops
     for want, have in zip(expected, got):
         np.testing.assert_array_equal(have, want)
+
+
+def test_onnxscript_min_max_fusion_is_left_out_so_the_file_is_valid(tmp_path):
+    """Gemma 4's audio encoder clamps in a function torch.onnx inlines: onnxscript's Min/Max ->
+    Clip rule gave the Clip bounds no initializer in the file, which ONNX Runtime refused ("Node
+    input 'mul_8_min_1' is not a graph input, ..."). With the rule left out the file loads and
+    computes what PyTorch computes."""
+    import json
+
+    import onnx
+    import transformers
+
+    import modelexport
+    from modelexport.testing.breadth import build_tiny
+
+    if not hasattr(transformers, "Gemma4AudioModel"):
+        pytest.skip("Gemma 4 is in transformers 5 only")
+    build_tiny("gemma4_audio", "Gemma4AudioModel", "feature-extraction", tmp_path / "model")
+    result = modelexport.export(tmp_path / "model", tmp_path / "out")
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
+    onnx.checker.check_model(onnx.load(str(tmp_path / "out" / "model.onnx")), full_check=True)
+    assert "Min" in {n.op_type for n in graph.node}  # what the rule fused is kept as it was
+    meta = json.loads((tmp_path / "out" / "modelexport_metadata.json").read_text())
+    assert meta["files"]["model.onnx"]["validation"]["passed"] and result.files[0].validation["passed"]

@@ -206,17 +206,26 @@ def number_minus_tensor_rewritten():
 
 
 @contextlib.contextmanager
-def rewrite_constants_matched_exactly():
+def safe_onnxscript_rewrites():
     """Inside the block, the onnxscript optimizer that ``torch.onnx.export(dynamo=True)`` runs
-    matches a rule's constants to float32 precision, not within its default ``rel_tol=1e-5`` /
-    ``abs_tol=1e-8``. With those, its no-op rules remove real arithmetic: ``x * 0.999999`` becomes
-    ``x`` (``mul_by_1``; transformers 4.57's Idefics3 vision positions), ``x + 1e-9`` becomes
-    ``x`` (``add_0``), and a value computed just below a boundary lands on it. Float32 rounding of
-    a rule's own constants (GELU's 0.044715) is 6e-8 relative at most: those rules still match."""
+    leaves values as PyTorch computes them and writes a valid graph:
+
+    - a rule's constants match to float32 precision, not within its default ``rel_tol=1e-5`` /
+      ``abs_tol=1e-8``. With those, its no-op rules remove real arithmetic: ``x * 0.999999``
+      becomes ``x`` (``mul_by_1``; transformers 4.57's Idefics3 vision positions), ``x + 1e-9``
+      becomes ``x`` (``add_0``). Float32 rounding of a rule's own constants (GELU's 0.044715) is
+      6e-8 relative at most: those rules still match.
+    - the rules fusing Min/Max into Clip are left out: their new bounds are initializers that do
+      not reach the file when the fused nodes came from a function inlined later (Gemma 4's audio
+      encoder: "Node input 'mul_8_min_1' is not a graph input, initializer, or output of a
+      previous node", ONNX Runtime refuses the file). Min and Max stay as they are."""
     check_version("onnxscript")
+    from onnxscript import rewriter
     from onnxscript.rewriter import _matcher
+    from onnxscript.rewriter.rules.common import _min_max_to_clip
 
     original = _matcher.SimplePatternMatcher._match_constant
+    rules = rewriter._DEFAULT_REWRITE_RULES
 
     def exact(self, pattern_constant, value):
         saved = pattern_constant._rel_tol, pattern_constant._abs_tol
@@ -226,11 +235,14 @@ def rewrite_constants_matched_exactly():
         finally:
             pattern_constant._rel_tol, pattern_constant._abs_tol = saved
 
+    clip_rules = {id(rule) for rule in _min_max_to_clip.rules}
     _matcher.SimplePatternMatcher._match_constant = exact
+    rewriter._DEFAULT_REWRITE_RULES = tuple(rule for rule in rules if id(rule) not in clip_rules)
     try:
         yield
     finally:
         _matcher.SimplePatternMatcher._match_constant = original
+        rewriter._DEFAULT_REWRITE_RULES = rules
 
 
 _FLOAT32_REL_TOL = 1.2e-7  # float32's machine epsilon: a double rounded to float32 is within half of it

@@ -195,10 +195,10 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
     inputs = kwargs if kwargs else tuple(args)
 
     def trace(auto: bool):
-        from modelexport.compat import (number_minus_tensor_rewritten, rewrite_constants_matched_exactly,
+        from modelexport.compat import (number_minus_tensor_rewritten, safe_onnxscript_rewrites,
                                         torchlib_registry_reused)
 
-        with torchlib_registry_reused(), number_minus_tensor_rewritten(), rewrite_constants_matched_exactly(), \
+        with torchlib_registry_reused(), number_minus_tensor_rewritten(), safe_onnxscript_rewrites(), \
                 _export_error_log_off():
             return _trace(auto)
 

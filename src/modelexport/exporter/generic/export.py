@@ -390,7 +390,11 @@ def validate_files(plan: Plan, model, staging: Path) -> dict[str, dict]:
 
     results = {}
     for planned in plan.files:
-        session = new_session(staging / planned.name, "basic")
+        try:
+            session = new_session(staging / planned.name, "basic")
+        except Exception as e:  # noqa: BLE001  (ONNX Runtime's own error types: a file torch.onnx wrote invalid)
+            raise ModelExportError(f"ONNX Runtime refuses {planned.name} as torch.onnx (dynamo) wrote it: "
+                                   f"{str(e).strip().splitlines()[0][:300]}") from e
         names = [o.name for o in session.get_outputs()]
         fixed = {i.name: i.shape for i in session.get_inputs()}
         report = {"atol": ATOL, "rtol": RTOL, "max_abs_diff": 0.0, "outputs": {}, "shape_mismatches": [],
