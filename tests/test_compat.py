@@ -165,3 +165,34 @@ def test_onnxscript_min_max_fusion_is_left_out_so_the_file_is_valid(tmp_path):
     assert "Min" in {n.op_type for n in graph.node}  # what the rule fused is kept as it was
     meta = json.loads((tmp_path / "out" / "modelexport_metadata.json").read_text())
     assert meta["files"]["model.onnx"]["validation"]["passed"] and result.files[0].validation["passed"]
+
+
+@pytest.mark.optimum  # the Optimum path: MarkupLM has an Optimum config in transformers 4.57
+def test_a_folder_whose_inputs_optimums_class_never_feeds_names_custom_tasks(tmp_path):
+    """Optimum's ORTModelForTokenClassification feeds input_ids, attention_mask and token_type_ids
+    only; MarkupLM's file also takes its xpath ids, so that class fails on the folder ("Input
+    xpath_tags_seq is required by model but not provided"). The metadata names
+    ORTModelForCustomTasks instead, which runs the folder as PyTorch runs the model."""
+    import json
+
+    import numpy as np
+
+    import modelexport
+    from modelexport.exporter.optimum.ort_class import load_ort_model
+    from modelexport.testing.breadth import build_tiny
+
+    model = build_tiny("markuplm", "MarkupLMForTokenClassification", "token-classification", tmp_path / "model")
+    modelexport.export(tmp_path / "model", tmp_path / "out", task="token-classification")
+    meta = json.loads((tmp_path / "out" / "modelexport_metadata.json").read_text())
+    assert meta["exporter"] == "torchscript" and meta["ort_model_class"] == "ORTModelForCustomTasks"
+    depth = model.config.max_depth
+    inputs = {"input_ids": torch.randint(0, model.config.vocab_size, (2, 9)),
+              "attention_mask": torch.ones(2, 9, dtype=torch.long), "token_type_ids": torch.zeros(2, 9, dtype=torch.long),
+              "xpath_tags_seq": torch.randint(0, model.config.max_xpath_tag_unit_embeddings, (2, 9, depth)),
+              "xpath_subs_seq": torch.randint(0, model.config.max_xpath_subs_unit_embeddings, (2, 9, depth))}
+    ort_model = load_ort_model(tmp_path / "out", meta["ort_model_class"])
+    names = set(ort_model.input_names)
+    got = ort_model(**{k: v for k, v in inputs.items() if k in names})
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    np.testing.assert_allclose(np.asarray(got["logits"]), expected.numpy(), atol=1e-4, rtol=1e-4)

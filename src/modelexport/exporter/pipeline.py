@@ -349,7 +349,7 @@ def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter:
     from modelexport.errors import ModelExportError
     from modelexport.exporter.dynamo_trace import export_error_summary
     from modelexport.exporter.optimum.bridge import export_with_optimum
-    from modelexport.exporter.optimum.ort_class import ort_model_class_name
+    from modelexport.exporter.optimum.ort_class import fed_by, ort_model_class_name
     from modelexport.exporter.optimum.validation import merge_validations, validate_file, validation_session
 
     trace = "torch.export" if exporter == "dynamo" else "TorchScript trace"
@@ -387,7 +387,9 @@ def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter:
                                              session=sessions[target.file])))
         return {name: merge_validations(results) for name, results in by_file.items()}
 
-    return PathOutput(files, validate, ort_model_class_name(source.task, source.library, getattr(loaded, "config", None)),
+    ort_class = fed_by(ort_model_class_name(source.task, source.library, getattr(loaded, "config", None)), staging,
+                       [f.name for f in exported.files])
+    return PathOutput(files, validate, ort_class,
                       open_sessions=open_sessions if exported.pending_axis_checks else None,
                       details={"patches": exported.patches} if exported.patches else {})
 

@@ -93,6 +93,21 @@ def ort_model_class_for_io(task: str, library: str, layout: str, folder, files: 
     return "ORTModelForCustomTasks"
 
 
+def fed_by(class_name: str | None, folder, files: list[str]) -> str | None:
+    """``class_name`` (Optimum's class for the task), or ``ORTModelForCustomTasks`` when the
+    folder is one file taking inputs that class never feeds (MarkupLM's xpath ids: Optimum's
+    ``ORTModelForTokenClassification`` feeds input_ids, attention_mask, token_type_ids and fails
+    with "Input xpath_tags_seq is required by model but not provided")."""
+    import onnx
+
+    entry = next((e for e in _BY_TASK.values() if e[0] == class_name), None)
+    if entry is None or len(files) != 1:
+        return class_name
+    graph = onnx.load(str(folder / files[0]), load_external_data=False).graph
+    inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    return class_name if inputs <= entry[1] else "ORTModelForCustomTasks"
+
+
 def load_ort_model(folder, class_name: str):
     """The folder in Optimum's ``class_name`` (``ORTModelForCausalLM``...): for the checks that a
     folder loads where Optimum is installed (validate, the test helpers)."""
