@@ -294,6 +294,26 @@ def test_outputs_that_are_a_tuple_of_tensors_are_each_an_output(tmp_path):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
 
 
+def test_a_head_the_task_auto_class_refuses_is_loaded_by_its_own_class(tmp_path):
+    """transformers 5 lists EvollaForProteinText2Text under image-text-to-text, yet
+    AutoModelForImageTextToText refuses EvollaConfig ("Unrecognized configuration class"): the
+    head config.architectures names is loaded by its own class, exported and validated."""
+    import transformers
+
+    from modelexport.testing.breadth import build_tiny
+
+    if not hasattr(transformers, "EvollaForProteinText2Text") or transformers.__version__.startswith("4."):
+        pytest.skip("transformers 4.57 cannot read Evolla's saved config back (its model_type is EvollaModel)")
+    with pytest.raises(ValueError, match="Unrecognized configuration class"):  # the premise
+        build_tiny("evolla", "EvollaForProteinText2Text", "image-text-to-text", tmp_path / "model")
+        transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "model")
+    model = transformers.EvollaForProteinText2Text.from_pretrained(tmp_path / "model")
+    result, meta = _export(tmp_path / "model", tmp_path / "out")
+    assert meta["source"]["model_class"] == "EvollaForProteinText2Text" and meta["exporter"] == "generic"
+    assert all(f.validation["passed"] for f in result.files)
+    _assert_tags_are_the_parameters_owners(model, tmp_path / "out", result)
+
+
 # -- the real MiniLM, without Optimum's config ---------------------------------------------------
 def test_minilm_through_the_generic_path_matches_sentence_transformers(minilm_dir, tmp_path):
     from sentence_transformers import SentenceTransformer

@@ -112,10 +112,28 @@ def load_model(name_or_path: str, spec: TaskSpec, trust_remote_code: bool):
 
     auto = getattr(transformers, spec.auto_class)
     try:
-        model = auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        try:
+            model = auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        except ValueError as e:
+            # transformers' task mapping names a head its Auto class cannot build from the config
+            # (transformers 5's Evolla: AutoModelForImageTextToText refuses EvollaConfig): the
+            # head config.architectures names, when that mapping lists it, loaded by its own class
+            head = _listed_head(name_or_path, spec) if "Unrecognized configuration class" in str(e) else None
+            if head is None:
+                raise
+            model = head.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as e:  # loading third-party weights: every failure is explained to the user
         raise ModelSourceError(explain_load_failure(e, name_or_path)) from e
     return model.eval()
+
+
+def _listed_head(name_or_path: str, spec: TaskSpec):
+    """The transformers class of ``config.architectures`` that ``spec``'s mapping lists, or None."""
+    import transformers
+
+    architectures = getattr(transformers.AutoConfig.from_pretrained(name_or_path), "architectures", None) or []
+    listed = {c for classes in _names(spec.mapping).values() for c in classes}
+    return next((getattr(transformers, a) for a in architectures if a in listed and hasattr(transformers, a)), None)
 
 
 def task_of_loaded_model(model) -> str:
