@@ -316,3 +316,29 @@ def test_traced_with_the_patches_computes_what_pytorch_computes(model_type, head
             assert len(got) == len(expected)
             for have, want in zip(got, expected):
                 torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-5)
+
+
+def test_switch_top1_loop_dense_returns_what_the_loop_returns():
+    """transformers 4.57's Switch Transformers sparse MLP loops over the experts the top-1 router
+    hit (torch.nonzero(...).tolist(): data-dependent); dense, every expert runs and is kept where
+    the router sent the token: the same hidden states and router outputs, on a real tiny model
+    whose router drops no token and on one whose capacity drops some."""
+    from modelexport.exporter.generic.patches import _is_switch_sparse_mlp_457
+    from modelexport.testing.breadth import build_tiny
+
+    model = build_tiny("switch_transformers", "SwitchTransformersForConditionalGeneration", "text2text-generation")
+    blocks = [m for m in model.modules() if _is_switch_sparse_mlp_457(m)]
+    if not blocks:
+        pytest.skip("this transformers' Switch Transformers has no 4.57 sparse MLP (transformers 5: experts class)")
+    for capacity in (64, 1):  # 1: most tokens are over the expert's capacity and dropped
+        for block in blocks:
+            block.router.expert_capacity = capacity
+        hidden = torch.randn(2, 7, model.config.d_model)
+        with torch.no_grad():
+            expected = [_leaves(b(hidden)) for b in blocks]
+            with export_patches(model) as applied:
+                got = [_leaves(b(hidden)) for b in blocks]
+                assert "dense-moe-experts" in {p.name for p in applied}
+        for want, have in zip(expected, got):
+            for w, h in zip(want, have):
+                torch.testing.assert_close(h, w, rtol=1e-5, atol=1e-6)

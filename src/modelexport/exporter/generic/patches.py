@@ -214,6 +214,31 @@ def _is_sparse_block(module) -> bool:
         isinstance(getattr(module, "experts", None), torch.nn.ModuleList)
 
 
+def _is_switch_sparse_mlp_457(module) -> bool:
+    """transformers 4.57's Switch Transformers sparse MLP: top-1 router, an ``experts`` ModuleDict
+    of ``expert_N``, a loop over the experts hit (``torch.nonzero(...).tolist()``)."""
+    cls = type(module)
+    if not (cls.__name__ == "SwitchTransformersSparseMLP" and isinstance(getattr(module, "experts", None),
+                                                                           torch.nn.ModuleDict)):
+        return False
+    try:
+        return "torch.nonzero(idx_mask" in inspect.getsource(cls.__dict__["forward"])
+    except (KeyError, OSError, TypeError):
+        return False
+
+
+def dense_switch_sparse_mlp_forward(self, hidden_states):
+    """Every expert on every token, kept where the router sent the token (its one-hot mask; a
+    token dropped by the capacity is zero, as in the loop), scaled by the router's probability."""
+    router_mask, router_probs, router_logits = self.router(hidden_states)
+    expert_index = torch.argmax(router_mask, dim=-1)
+    mask = router_mask.to(hidden_states.dtype)
+    next_states = torch.zeros_like(hidden_states)
+    for idx in range(mask.shape[-1]):
+        next_states = next_states + getattr(self.experts, f"expert_{idx}")(hidden_states) * mask[:, :, idx, None]
+    return router_probs * next_states, (router_logits, expert_index)
+
+
 def _recompiled(function, transformer: ast.NodeTransformer):
     """``function`` compiled again from its own source after ``transformer`` rewrote it (in the
     module globals it was defined in; decorators dropped)."""
@@ -594,6 +619,8 @@ PATCHES = (
           lambda original: _EXPERT_DICTS[(original.__module__, original.__qualname__.partition(".")[0])], derived=True),
     Patch("dense-moe-experts", "sparse MoE loop over the experts the router hit (data-dependent): every expert "
           "computed, weighted by the router", _loops_over_hit_experts, dense_hit_expert_loop, derived=True),
+    Patch("dense-moe-experts", "top-1 MoE loop over the experts the router hit (data-dependent): every expert "
+          "computed, kept where the router sent the token", _is_switch_sparse_mlp_457, dense_switch_sparse_mlp_forward),
     *(Patch("mask-by-shape", "mask of all ones dropped after a data-dependent test (torch.all(mask == 1)): the "
             "mask is kept (multiplying by ones changes nothing), dropped on cached steps by shape",
             _masks_by_data(name), mask_when_prefilling, method=name) for name in _MASK_METHODS),

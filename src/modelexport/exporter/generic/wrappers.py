@@ -14,6 +14,8 @@ tuple in the order of ``output_names``.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 SCOPE_PREFIX = "model"
@@ -217,6 +219,11 @@ class Seq2SeqDecoder(torch.nn.Module):
                   "use_cache": True, "return_dict": True}
         if "encoder_attention_mask" in inputs:
             kwargs["attention_mask"] = inputs["encoder_attention_mask"]
+        if "output_router_logits" in inspect.signature(self.model.forward).parameters:
+            # router logits feed the training losses only; 4.57's Switch Transformers would unpack
+            # them from the encoder output given here, which has none ("torch.cat(): expected a
+            # non-empty list of Tensors")
+            kwargs["output_router_logits"] = False
         out = self.model(**kwargs)
         returned = returned_cache(out)
         self_layers = cache_layers(returned.self_attention_cache)
