@@ -126,6 +126,13 @@ def _export(model, output_dir, *, task, library, opset, force, trust_remote_code
             exporter, why = "generic", f"Optimum's export failed ({str(e)[:200]}): exported without its config"
             return _generic_path(loaded, source, staging, opset, phases, trust_remote_code, static_shapes)
 
+        if may_fall_back and exporter != "generic" and _draws_noise(loaded):
+            # ViT-MAE masks patches by noise forward draws unless given it; Optimum's configs never
+            # feed `noise`, so its file would keep the one draw of the trace (validation compares
+            # two masks). The generic path makes noise an input.
+            exporter, why = "generic", ("forward draws random noise (its noise argument) that Optimum's config "
+                                        "does not feed, so its file would keep one draw: exported without its "
+                                        "config, noise as an input")
         if exporter == "generic":
             path = _generic_path(loaded, source, staging, opset, phases, trust_remote_code, static_shapes)
         else:
@@ -306,6 +313,16 @@ def _resolve_and_load(model, task, library, trust_remote_code, exporter, opset):
         prepare_for_task(loaded, source)
         config = loaded.config
     return exporter, why, source, config, loaded
+
+
+def _draws_noise(model) -> bool:
+    """Whether the model's forward takes the random ``noise`` it otherwise draws itself."""
+    import inspect
+
+    try:
+        return "noise" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _peek(model: str, library: str, trust_remote_code: bool) -> tuple[str | None, str]:
