@@ -342,3 +342,107 @@ def test_switch_top1_loop_dense_returns_what_the_loop_returns():
         for want, have in zip(expected, got):
             for w, h in zip(want, have):
                 torch.testing.assert_close(h, w, rtol=1e-5, atol=1e-6)
+
+
+def test_mega_ema_kernel_per_length_exports_every_length(tmp_path):
+    """transformers 4.57's MEGA EMA slices the kernel it cached for the longest length it ran: traced,
+    that cache was a constant of the trace's length and ONNX Runtime failed on other lengths (Mul
+    of FFTs of other sizes). Patched, the kernel is computed for the length: the same logits after
+    a cache of another length, the module's cache untouched, and a file that runs other lengths as
+    PyTorch does."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    import modelexport
+    from modelexport.testing.breadth import build_tiny
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if "mega" not in CONFIG_MAPPING_NAMES:
+        pytest.skip("no MEGA in this transformers (transformers 5 removed the deprecated models)")
+    model = build_tiny("mega", "MegaForSequenceClassification", "text-classification", tmp_path / "model")
+    torch.manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    emas = [m for m in model.modules() if type(m).__name__ == "MegaMultiDimensionDampedEma"]
+    with torch.no_grad():
+        model(input_ids=ids[:, :5])  # every EMA caches the kernel of length 5
+        expected = {n: model(input_ids=ids[:, :n], attention_mask=mask[:, :n]).logits for n in (3, 11, 7)}
+        caches = [m._kernel for m in emas]
+        with export_patches(model) as applied:
+            assert "kernel-per-length" in {p.name for p in applied}
+            got = {n: model(input_ids=ids[:, :n], attention_mask=mask[:, :n]).logits for n in (3, 11, 7)}
+    assert all(m._kernel is c for m, c in zip(emas, caches))
+    for n in expected:
+        torch.testing.assert_close(got[n], expected[n], rtol=1e-6, atol=1e-6)
+    modelexport.export(tmp_path / "model", tmp_path / "out", task="text-classification", exporter="generic")
+    meta = json.loads((tmp_path / "out" / "modelexport_metadata.json").read_text())
+    assert "kernel-per-length" in {p["name"] for p in meta["generic"]["patches"]}
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    for n in (3, 11):  # the trace's length is 7
+        feed = {"input_ids": ids[:, :n].numpy(), "attention_mask": mask[:, :n].numpy(),
+                "token_type_ids": np.zeros((3, n), dtype=np.int64)}
+        got = session.run(["logits"], {k: v for k, v in feed.items() if k in names})[0]
+        np.testing.assert_allclose(got, expected[n].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_git_mask_branches_on_the_past_length_are_in_the_graph(tmp_path):
+    """transformers 4.57's GIT chooses its mask in Python on the past length (no causal and no
+    padding mask with a past): traced with a past, the file's first step (past 0) attended to later
+    tokens (logits 0.01 off). Patched, both branches are in the graph: the same logits with and
+    without a past, the methods back afterwards, and a with-past file that ONNX Runtime runs as
+    PyTorch does on a padded first step and a later step."""
+    import numpy as np
+    import onnxruntime as ort
+
+    import modelexport
+    from modelexport.testing.breadth import build_tiny
+
+    model = build_tiny("git", "GitForCausalLM", "text-generation", tmp_path / "model")
+    git_class = type(model.git)
+    methods = {name: git_class.__dict__.get(name) for name in ("forward", "create_attention_mask")}
+    with export_patches(model) as applied:
+        names = {p.name for p in applied}
+    if "past-length-branches-in-graph" not in names:
+        assert "create_attention_mask" not in git_class.__dict__  # transformers 5: create_causal_mask
+        pytest.skip("transformers 5's GIT has no such branch (its own `cache_length > 0` branch, which widens "
+                    "the mask over image tokens, is not patched: a padded first step still differs)")
+    torch.manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, :2] = 0
+    positions = torch.arange(9).expand(2, 9)  # what the file is given (as Optimum's generate gives it)
+
+    def steps():
+        with torch.no_grad():
+            first = model(input_ids=ids[:, :6], attention_mask=mask[:, :6], position_ids=positions[:, :6],
+                          use_cache=True)
+            later = model(input_ids=ids[:, 6:], attention_mask=mask, position_ids=positions[:, 6:],
+                          past_key_values=first.past_key_values, use_cache=True)
+            whole = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        return first, later, whole
+
+    expected = steps()
+    with export_patches(model):
+        got = steps()
+    assert all(git_class.__dict__.get(name) is method for name, method in methods.items())
+    for have, want in zip(got, expected):
+        torch.testing.assert_close(have.logits, want.logits, rtol=1e-6, atol=1e-6)
+    modelexport.export(tmp_path / "model", tmp_path / "out", task="text-generation-with-past", exporter="generic")
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    layers = [k for k in (i.name for i in session.get_inputs()) if k.startswith("past_key_values.")]
+    first_feed = {"input_ids": ids[:, :6].numpy(), "attention_mask": mask[:, :6].numpy(),
+                  "position_ids": positions[:, :6].numpy()}
+    first_feed.update({k: np.zeros((2, model.config.num_attention_heads, 0,
+                                    model.config.hidden_size // model.config.num_attention_heads), np.float32)
+                       for k in layers})
+    first = session.run(None, first_feed)
+    np.testing.assert_allclose(first[0], expected[0].logits.numpy(), atol=1e-4, rtol=1e-4)
+    later_feed = {"input_ids": ids[:, 6:].numpy(), "attention_mask": mask.numpy(),
+                  "position_ids": positions[:, 6:].numpy()}
+    later_feed.update(dict(zip(layers, first[1:])))
+    np.testing.assert_allclose(session.run(None, later_feed)[0], expected[1].logits.numpy(), atol=1e-4, rtol=1e-4)

@@ -66,6 +66,19 @@ Patches (each has a test that the patched forward returns what the original retu
   where PyTorch would drop it (its tests on lengths decided at trace time or in the graph):
   PyTorch's values for every padding mask. transformers 5's Doge passes
   ``allow_is_causal_skip=False`` (not matched).
+- ``kernel-per-length``: transformers 4.57's MEGA EMA (``MegaMultiDimensionDampedEma``) keeps, in eval
+  mode, the kernel of the longest length it has run (``self._kernel``) and slices it
+  (``self._kernel[..., :kernel_size]``); traced, the cache of the length PyTorch last ran is a
+  constant of that length, and other lengths multiply FFTs of other sizes (ONNX Runtime: "Mul node
+  ... shape mismatch"). During the export ``get_ema_kernel`` computes the kernel for the length, as
+  in training mode (the same values: each position's kernel depends on the position only), and
+  leaves the module's cache as it was.
+- ``past-length-branches-in-graph``: transformers 4.57's GIT builds its mask in Python on the past
+  length (``if past_key_values_length > 0:``, in ``create_attention_mask`` and ``forward``): with a
+  past, no causal mask and no padding mask; without, both. Traced with a past, the first step (past
+  0) got the later steps' mask (its new tokens attend to later ones: logits 0.01 off). Both
+  branches are in the graph, chosen by ``torch.where`` on the past length (as a tensor): PyTorch's
+  values for every past length. transformers 5's GIT uses ``create_causal_mask`` (not matched).
 - ``no-traced-input-checks``: transformers 5 checks inputs with ``torch._check_tensor_all`` (e.g.
   that a vision-language model got as many image tokens as image features); traced, the check
   becomes ``aten._is_all_true``, which has no ONNX translation. transformers' own switch
@@ -594,6 +607,94 @@ def skip_reproduced(mask_function):
     return mask
 
 
+_CACHED_KERNEL = "self._kernel[..., :kernel_size]"
+
+
+_KERNEL_CACHING_CLASSES: dict[type, bool] = {}  # measured once per class (before it is patched)
+
+
+def _caches_kernel_by_length(module) -> bool:
+    cls = type(module)
+    if cls not in _KERNEL_CACHING_CLASSES:
+        try:
+            source = inspect.getsource(cls.__dict__["get_ema_kernel"])
+        except (KeyError, OSError, TypeError):
+            source = ""
+        _KERNEL_CACHING_CLASSES[cls] = _CACHED_KERNEL in source and hasattr(cls, "_compute_efficient_ema_kernel")
+    return _KERNEL_CACHING_CLASSES[cls]
+
+
+def ema_kernel_per_length(self, length: int):
+    """transformers 4.57's ``MegaMultiDimensionDampedEma.get_ema_kernel`` computing the kernel for
+    ``length`` (its training-mode path) instead of slicing the cache of another length; the cache
+    (which ``_compute_efficient_ema_kernel`` clears) is left as it was."""
+    kernel_size = length if self.truncation is None else min(self.truncation, length)
+    cached = self._kernel, self._coeffs
+    try:
+        return self._compute_efficient_ema_kernel(kernel_size)
+    finally:
+        self._kernel, self._coeffs = cached
+
+
+# transformers 4.57's GIT (``GitModel``): its mask chosen in Python on the past length, word for
+# word; each replaced by both branches in the graph, chosen by the past length as a tensor
+# (``torch.arange(past, past + 1) == 0``: no guard on the past length in the trace).
+_PAST_BRANCHES = {
+    "create_attention_mask": ("""
+if past_key_values_length > 0:
+    tgt_mask = torch.zeros(
+        (tgt_mask.shape[0], tgt_mask.shape[0] + past_key_values_length),
+        dtype=dtype,
+        device=tgt_mask.device,
+    )
+""", """
+tgt_mask = torch.where(
+    torch.arange(past_key_values_length, past_key_values_length + 1, device=tgt_mask.device) == 0,
+    torch.nn.functional.pad(tgt_mask.to(dtype), (past_key_values_length, 0)),
+    torch.zeros((), dtype=dtype, device=tgt_mask.device),
+)
+"""),
+    "forward": ("""
+if past_key_values_length > 0:
+    expanded_attn_mask = expanded_attn_mask[:, :, -past_key_values_length:, :]
+else:
+    combined_attention_mask[:, :, -input_shape[1] :, -input_shape[1] :] += expanded_attn_mask
+""", """
+combined_attention_mask[:, :, -input_shape[1] :, -input_shape[1] :] += torch.where(
+    torch.arange(past_key_values_length, past_key_values_length + 1, device=expanded_attn_mask.device) == 0,
+    expanded_attn_mask[..., -input_shape[1] :],
+    torch.zeros((), dtype=expanded_attn_mask.dtype, device=expanded_attn_mask.device),
+)
+"""),
+}
+
+
+def _past_branches_in_graph(method_name: str) -> type:
+    original, replacement = _PAST_BRANCHES[method_name]
+
+    class PastBranchesInGraph(ast.NodeTransformer):
+        def __init__(self):
+            self.branch = _dump(original)
+            self.replaced = 0
+
+        def visit_If(self, node):  # noqa: N802
+            if ast.dump(node) != self.branch:
+                return self.generic_visit(node)
+            self.replaced += 1
+            return ast.copy_location(ast.parse(textwrap.dedent(replacement)).body[0], node)
+
+    PastBranchesInGraph.__qualname__ = PastBranchesInGraph.__name__ = f"PastBranchesInGraph_{method_name}"
+    return PastBranchesInGraph
+
+
+_PAST_BRANCH_REWRITERS = {name: _past_branches_in_graph(name) for name in _PAST_BRANCHES}
+
+
+def _branches_on_past_length(module) -> bool:
+    """Both of GIT's methods have their branch (one without the other is not patched)."""
+    return all(_rewrites(type(module), name, rewriter) == 1 for name, rewriter in _PAST_BRANCH_REWRITERS.items())
+
+
 @dataclass(frozen=True)
 class Patch:
     name: str
@@ -638,6 +739,13 @@ PATCHES = (
           "kept under a trace), after which this attention attends everywhere: the traced mask attends everywhere "
           "when all(attention_mask)", _mask_skipped_when_all_ones, lambda original: original, derived=True,
           functions=tuple((name, skip_reproduced) for name in _MASK_FUNCTIONS)),
+    Patch("kernel-per-length", "EMA kernel cached for the longest length run and sliced (a constant of the trace's "
+          "length when traced): computed for the length, as in training", _caches_kernel_by_length,
+          ema_kernel_per_length, method="get_ema_kernel"),
+    *(Patch("past-length-branches-in-graph", "mask chosen in Python on the past length (traced with a past, the "
+            "first step got the later steps' mask): both branches in the graph, chosen by the past length",
+            _branches_on_past_length, lambda original, rewriter=rewriter: _recompiled(original, rewriter()),
+            method=name, derived=True) for name, rewriter in _PAST_BRANCH_REWRITERS.items()),
     Patch("position-buckets", "vision position buckets from a float arange (a float32 Range of another length in "
           "ONNX) and bucketize: PyTorch's boundaries as a constant, counted per coordinate, all images at once",
           _buckets_positions, position_buckets_forward, derived=True),
@@ -668,23 +776,27 @@ def export_patches(model: torch.nn.Module, only: tuple[str, ...] | None = None) 
     chosen = [p for p in PATCHES if only is None or p.name in only]
     for module in model.modules():
         cls = type(module)
+        methods: set[str] = set()  # one patch per method of a module (a patch may need two methods)
+        counted: set[tuple[str, str]] = set()
         for patch in chosen:
-            if not patch.matches(module):
+            if patch.method in methods or not patch.matches(module):
                 continue
             entry = applied.setdefault((patch.name, patch.why), AppliedPatch(patch.name, patch.why, [], 0))
-            entry.modules += 1
+            entry.modules += (patch.name, patch.why) not in counted  # a module once per entry
+            counted.add((patch.name, patch.why))
             key = (cls, patch.method)
             if key not in saved:
                 original = cls.__dict__.get(patch.method)
                 saved[key] = original
                 setattr(cls, patch.method, patch.replacement(original) if patch.derived else patch.replacement)
-                entry.classes.append(cls.__name__)
+                if cls.__name__ not in entry.classes:
+                    entry.classes.append(cls.__name__)
                 namespace = sys.modules[cls.__module__]
                 for name, make in patch.functions:
                     if (namespace, name) not in saved and hasattr(namespace, name):  # the module may not import it
                         saved[(namespace, name)] = getattr(namespace, name)
                         setattr(namespace, name, make(saved[(namespace, name)]))
-            break
+            methods.add(patch.method)
     previous_env = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
     if checks_env:
         os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
