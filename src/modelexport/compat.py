@@ -218,9 +218,14 @@ def safe_onnxscript_rewrites():
     - the rules fusing Min/Max into Clip are left out: their new bounds are initializers that do
       not reach the file when the fused nodes came from a function inlined later (Gemma 4's audio
       encoder: "Node input 'mul_8_min_1' is not a graph input, initializer, or output of a
-      previous node", ONNX Runtime refuses the file). Min and Max stay as they are."""
+      previous node", ONNX Runtime refuses the file). Min and Max stay as they are.
+    - constant folding leaves a ``SplitToSequence`` whose split size is a scalar computed in the
+      graph as it is: onnxscript 0.7's folding reads the value it does not have and fails
+      ("'NoneType' object has no attribute 'ndim'": torch's ``chunk`` of a dynamic length,
+      ProphetNet's n-gram attention). ONNX Runtime runs the node and its ``SequenceAt`` readers."""
     check_version("onnxscript")
     from onnxscript import rewriter
+    from onnxscript.optimizer import _constant_folding
     from onnxscript.rewriter import _matcher
     from onnxscript.rewriter.rules.common import _min_max_to_clip
 
@@ -235,14 +240,29 @@ def safe_onnxscript_rewrites():
         finally:
             pattern_constant._rel_tol, pattern_constant._abs_tol = saved
 
+    def unknown_split_kept(fold):
+        def split_to_sequence(node, op, state):
+            split = node.inputs[1] if len(node.inputs) > 1 else None
+            if split is not None and _constant_folding._get_numpy_value(split) is None and not (
+                    split.shape is not None and split.shape.is_static() and len(split.shape) == 1):
+                return None  # neither the split's value nor its number of pieces is known: as it is
+            return fold(node, op, state)
+        return split_to_sequence
+
+    splits = _constant_folding.registry.op_evaluators.get(("", "SplitToSequence"), [])
+    folds = [evaluator.function for evaluator in splits]
     clip_rules = {id(rule) for rule in _min_max_to_clip.rules}
     _matcher.SimplePatternMatcher._match_constant = exact
     rewriter._DEFAULT_REWRITE_RULES = tuple(rule for rule in rules if id(rule) not in clip_rules)
+    for evaluator, fold in zip(splits, folds):
+        evaluator.function = unknown_split_kept(fold)
     try:
         yield
     finally:
         _matcher.SimplePatternMatcher._match_constant = original
         rewriter._DEFAULT_REWRITE_RULES = rules
+        for evaluator, fold in zip(splits, folds):
+            evaluator.function = fold
 
 
 _FLOAT32_REL_TOL = 1.2e-7  # float32's machine epsilon: a double rounded to float32 is within half of it

@@ -69,6 +69,16 @@ def _layers_of(model) -> int:
     raise ModelExportError(f"cannot tell the number of layers of {type(model).__name__} from its config")
 
 
+def _decoder_layers_of(model) -> int:
+    """The decoder's number of layers of an encoder-decoder: its own key first (4.57's XLM-ProphetNet's
+    ``num_hidden_layers`` is the encoder's; BART's too, an alias of ``encoder_layers``)."""
+    for key in ("num_decoder_layers", "decoder_layers"):
+        value = getattr(model.config, key, None)
+        if isinstance(value, int):
+            return value
+    return _layers_of(model)
+
+
 def _call_kwargs(model) -> dict:
     params = forward_parameters(model)
     kwargs = {"return_dict": True} if "return_dict" in params else {}
@@ -219,6 +229,15 @@ def _path_of(model, part) -> str:
     return next((path for path, module in model.named_modules() if module is part), "")
 
 
+def _runs(module, example: Example) -> bool:
+    try:
+        with torch.no_grad():
+            module(dict(example.inputs))
+    except Exception:  # noqa: BLE001  (whatever the model raises on these inputs)
+        return False
+    return True
+
+
 def plan_seq2seq_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
     encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
     if encoder is None:
@@ -238,7 +257,7 @@ def plan_seq2seq_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
     main_input = "decoder_input_ids" if "decoder_input_ids" in forward_parameters(model) else None
     if main_input is None:
         return None
-    layers = _layers_of(model)
+    layers = _decoder_layers_of(model)
     hidden_size = hidden.shape[-1]
     start = getattr(model.config, "decoder_start_token_id", None)
     start = start if isinstance(start, int) else 0
@@ -256,7 +275,15 @@ def plan_seq2seq_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
         first = Seq2SeqDecoder(model, layers, with_past=False, hidden_size=hidden_size,
                                encoder_output_type=output_type)
         probe_inputs = {**decoder_inputs(2, 5, hidden, encoder_mask), "encoder_hidden_states": hidden}
-        presents = first(probe_inputs)[1:]
+        try:
+            presents = first(probe_inputs)[1:]
+        except Exception as error:  # noqa: BLE001  (a model that takes an empty cache for a past: given none)
+            first = Seq2SeqDecoder(model, layers, with_past=False, hidden_size=hidden_size,
+                                   encoder_output_type=output_type, empty_cache=False)
+            try:
+                presents = first(probe_inputs)[1:]
+            except Exception:  # noqa: BLE001
+                raise error from None
     dec_axes = {"input_ids": {0: "batch_size", 1: "decoder_sequence_length"},
                 "encoder_hidden_states": {0: "batch_size", 1: "encoder_sequence_length"},
                 "encoder_attention_mask": {0: "batch_size", 1: "encoder_sequence_length"}}
@@ -303,14 +330,28 @@ def plan_seq2seq_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
     first_check = first_example(2, 5)
     with torch.no_grad():
         returned = first(dict(first_check.inputs))[1:]
-    later = with_past_example(2, 2, 5, 1)
-    for i in range(layers):
-        for j, part in enumerate(("decoder.key", "decoder.value", "encoder.key", "encoder.value")):
-            later.inputs[f"past_key_values.{i}.{part}"] = returned[4 * i + j]
-    past_file = PlannedFile("decoder_with_past_model.onnx", with_past, "", with_past_example(2, 3, PAST, 0),
-                            [later], past_axes)
+
+    def later_example(length: int) -> Example:
+        later = with_past_example(2, length, 5, 1)
+        for i in range(layers):
+            for j, part in enumerate(("decoder.key", "decoder.value", "encoder.key", "encoder.value")):
+                later.inputs[f"past_key_values.{i}.{part}"] = returned[4 * i + j]
+        return later
+
+    later, traced_length, notes = later_example(2), 3, []
+    if not _runs(with_past, later) and _runs(with_past, later_example(1)):
+        # a decoder that takes one new token per cached step (ProphetNet asserts it): traced and
+        # checked with one, the new tokens' axis static (Optimum feeds one token with the past)
+        later, traced_length = later_example(1), 1
+        past_axes["logits"] = {0: "batch_size"}
+        notes.append("the decoder with past takes one new token per step (its model refuses more): "
+                     "decoder_with_past_model.onnx's input_ids are [batch_size, 1]")
+    past_example = with_past_example(2, traced_length, PAST, 0)
+    if traced_length == 1:
+        past_example.axes["input_ids"] = {0: "batch_size"}
+    past_file = PlannedFile("decoder_with_past_model.onnx", with_past, "", past_example, [later], past_axes)
     notes = list(enc_example.notes) + [f"encoder-decoder: {layers} decoder layers, Optimum's encoder / decoder / "
-                                       "decoder-with-past files"]
+                                       "decoder-with-past files"] + notes
     return Plan("seq2seq-with-past", task, [encoder_file, decoder_file, past_file], notes)
 
 

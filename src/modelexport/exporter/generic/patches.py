@@ -56,7 +56,12 @@ Patches (each has a test that the patched forward returns what the original retu
 - ``traced-branch-kept``: transformers 4.57's RecurrentGemma RG-LRU skips its input normalisation
   (``multiplier = sqrt(1 - a**2)``) under ``if not torch.jit.is_tracing() and not tracing:``: traced,
   the multiplier is 1 (logits 0.14 off). The ``if`` is recompiled as ``if True:`` (transformers 5
-  always normalises).
+  always normalises). transformers 4.57's BART-family decoders make their padding mask of ones only
+  ``if attention_mask is None and not is_torchdynamo_compiling()``; traced, ``_update_causal_mask``
+  then builds a causal mask of past + new + 1 columns, which eager attention (PEGASUS-X's only one;
+  the others' with ``attn_implementation="eager"``) adds to scores of past + new columns ("The size
+  of tensor a (s91) must match the size of tensor b (s91 + 1)"). For eager attention, the test is
+  recompiled as ``if attention_mask is None:`` (the mask PyTorch makes; SDPA cuts the mask first).
 - ``causal-mask-skip-reproduced``: in PyTorch transformers' SDPA mask is None when the padding mask
   is all ones (``_ignore_causal_mask_sdpa``: data-dependent, never under a trace), relying on SDPA's
   ``is_causal``. Aimv2's text model (its attention passes ``is_causal=False``) and 4.57's Doge (its
@@ -79,6 +84,12 @@ Patches (each has a test that the patched forward returns what the original retu
   0) got the later steps' mask (its new tokens attend to later ones: logits 0.01 off). Both
   branches are in the graph, chosen by ``torch.where`` on the past length (as a tensor): PyTorch's
   values for every past length. transformers 5's GIT uses ``create_causal_mask`` (not matched).
+- ``ngram-bias-out-of-place``: transformers 4.57's ProphetNet and XLM-ProphetNet decoders build
+  their predict-stream bias with ``right_block[stream].fill_diagonal_(0)``: a mutation of an
+  ``as_strided`` view, which torch.export's functionalization refuses ("encountered a mutation on a
+  view chain of length 2, where view 1 was an as_strided() call"). The module's
+  ``ngram_attention_bias`` is replaced during the export by the same values computed from
+  comparisons of positions (transformers 5's own rewrite; its function is not matched).
 - ``no-traced-input-checks``: transformers 5 checks inputs with ``torch._check_tensor_all`` (e.g.
   that a vision-language model got as many image tokens as image features); traced, the check
   becomes ``aten._is_all_true``, which has no ONNX translation. transformers' own switch
@@ -552,6 +563,40 @@ def _skips_code_when_traced(module) -> bool:
     return _rewrites(type(module), "forward", _TracingTestToTrue) == 1
 
 
+_COMPILING_MASK_TEST = "attention_mask is None and not is_torchdynamo_compiling()"
+
+
+class _CompilingMaskTestDropped(ast.NodeTransformer):
+    """``if attention_mask is None and not is_torchdynamo_compiling():`` -> ``if attention_mask is
+    None:``: the decoder makes its padding mask of ones (past + new tokens) under the trace as it
+    does in PyTorch."""
+
+    def __init__(self):
+        self.test = ast.dump(ast.parse(_COMPILING_MASK_TEST).body[0].value)
+        self.replaced = 0
+
+    def visit_If(self, node):  # noqa: N802
+        self.generic_visit(node)
+        if ast.dump(node.test) == self.test:
+            self.replaced += 1
+            node.test = ast.copy_location(node.test.values[0], node.test)
+        return node
+
+
+def _mask_made_only_eagerly(module) -> bool:
+    """transformers 4.57's BART-family decoders (PEGASUS-X's always: it has no SDPA) with eager
+    attention: traced, they make no padding mask, and ``_update_causal_mask`` then builds a causal
+    mask of ``past + new + 1`` columns, which the eager attention adds to its ``past + new`` scores
+    as it is (SDPA's and flex's interfaces cut the mask to the keys' length first)."""
+    if getattr(getattr(module, "config", None), "_attn_implementation", None) != "eager":
+        return False
+    if not callable(getattr(module, "_update_causal_mask", None)):
+        return False  # transformers 5's create_causal_mask sizes the mask by the cache, mask or not
+    if not hasattr(sys.modules.get(type(module).__module__), "eager_attention_forward"):
+        return False  # T5's family: attention of its own, which cuts the mask to the keys
+    return _rewrites(type(module), "forward", _CompilingMaskTestDropped) == 1
+
+
 # Models whose attention, given no mask, attends to every position: transformers' SDPA mask is
 # None in PyTorch when the padding mask is all ones (``_ignore_causal_mask_sdpa``, never under a
 # trace), and these then attend without causality (Aimv2's text attention passes
@@ -693,6 +738,30 @@ _PAST_BRANCH_REWRITERS = {name: _past_branches_in_graph(name) for name in _PAST_
 def _branches_on_past_length(module) -> bool:
     """Both of GIT's methods have their branch (one without the other is not patched)."""
     return all(_rewrites(type(module), name, rewriter) == 1 for name, rewriter in _PAST_BRANCH_REWRITERS.items())
+def ngram_attention_bias(sequence_length, ngram, device, dtype):
+    """transformers 4.57's ProphetNet ``ngram_attention_bias`` without writing into views
+    (``right_block[stream].fill_diagonal_``, ``left_block[stream].triu_``): the same values from
+    comparisons of positions, as transformers 5 computes them."""
+    rows = torch.arange(sequence_length, device=device).view(1, sequence_length, 1)
+    cols = torch.arange(sequence_length, device=device).view(1, 1, sequence_length)
+    offsets = (1 - torch.arange(ngram, device=device)).view(ngram, 1, 1)
+    lowest = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    left = torch.where((cols - rows >= offsets) & (cols != 0), lowest, zero)  # triu_(1 - stream), column 0 open
+    right = torch.where((rows != cols).expand(ngram, sequence_length, sequence_length), lowest, zero)  # diagonal
+    return torch.cat([left, right], dim=2)
+
+
+def _writes_ngram_bias_into_views(module) -> bool:
+    """ProphetNet's (and XLM-ProphetNet's) decoder in transformers 4.57, whose module's
+    ``ngram_attention_bias`` calls ``fill_diagonal_`` on a view."""
+    if "prepare_predict_attention_mask" not in type(module).__dict__:
+        return False
+    function = getattr(sys.modules.get(type(module).__module__), "ngram_attention_bias", None)
+    try:
+        return function is not None and "fill_diagonal_" in inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -735,6 +804,10 @@ PATCHES = (
     Patch("traced-branch-kept", "code skipped when traced (if not torch.jit.is_tracing() and not tracing): run "
           "as PyTorch runs it", _skips_code_when_traced,
           lambda original: _recompiled(original, _TracingTestToTrue()), derived=True),
+    Patch("traced-branch-kept", "decoder padding mask made only outside torch.compile (if attention_mask is None "
+          "and not is_torchdynamo_compiling()): traced, the causal mask has one column more than the eager attention's "
+          "keys; made as PyTorch makes it", _mask_made_only_eagerly,
+          lambda original: _recompiled(original, _CompilingMaskTestDropped()), derived=True),
     Patch("causal-mask-skip-reproduced", "SDPA mask dropped by PyTorch for a padding mask of all ones (data-dependent, "
           "kept under a trace), after which this attention attends everywhere: the traced mask attends everywhere "
           "when all(attention_mask)", _mask_skipped_when_all_ones, lambda original: original, derived=True,
@@ -746,6 +819,10 @@ PATCHES = (
             "first step got the later steps' mask): both branches in the graph, chosen by the past length",
             _branches_on_past_length, lambda original, rewriter=rewriter: _recompiled(original, rewriter()),
             method=name, derived=True) for name, rewriter in _PAST_BRANCH_REWRITERS.items()),
+    Patch("ngram-bias-out-of-place", "ProphetNet's predict-stream bias written into views (fill_diagonal_ on "
+          "an as_strided view: torch.compile cannot functionalize it): the same values from position comparisons",
+          _writes_ngram_bias_into_views, lambda original: original, derived=True,
+          functions=(("ngram_attention_bias", lambda original: ngram_attention_bias),)),
     Patch("position-buckets", "vision position buckets from a float arange (a float32 Range of another length in "
           "ONNX) and bucketize: PyTorch's boundaries as a constant, counted per coordinate, all images at once",
           _buckets_positions, position_buckets_forward, derived=True),

@@ -172,9 +172,12 @@ class Seq2SeqDecoder(torch.nn.Module):
     cross-attention keys)."""
 
     def __init__(self, model, layers: int, with_past: bool, hidden_size: int, input_key: str = "decoder_input_ids",
-                 encoder_output_type=None):
+                 encoder_output_type=None, empty_cache: bool = True):
         super().__init__()
         self.model = model
+        # False: the first step is given no cache at all (transformers 4.57's deprecated
+        # XLM-ProphetNet takes any cache, even an empty one, for a cached step of one token)
+        self.empty_cache = empty_cache
         # the class the model's encoder returns: given back to the model as `encoder_outputs`
         self.encoder_output_type = encoder_output_type
         self.layers = layers
@@ -212,7 +215,7 @@ class Seq2SeqDecoder(torch.nn.Module):
             # the encoder's output is read from the cache; only its shape is used (masks)
             hidden = first_key.new_zeros(first_key.shape[0], first_key.shape[2], self.hidden_size)
         else:
-            cache = EncoderDecoderCache(new_cache(config), new_cache(config))
+            cache = EncoderDecoderCache(new_cache(config), new_cache(config)) if self.empty_cache else None
             hidden = inputs["encoder_hidden_states"]
         kwargs = {"encoder_outputs": self._encoder_outputs(hidden, inputs.get("encoder_attention_mask")),
                   self.input_key: inputs["input_ids"], cache_argument(self.model): cache,
@@ -226,10 +229,15 @@ class Seq2SeqDecoder(torch.nn.Module):
             kwargs["output_router_logits"] = False
         out = self.model(**kwargs)
         returned = returned_cache(out)
-        self_layers = cache_layers(returned.self_attention_cache)
+        if isinstance(returned, (tuple, list)):
+            # a legacy cache (4.57's XLM-ProphetNet): per layer (self key, self value, cross key, cross value)
+            self_layers = [(layer[0], layer[1]) for layer in returned]
+            cross_layers = [(layer[2], layer[3]) for layer in returned]
+        else:
+            self_layers = cache_layers(returned.self_attention_cache)
+            cross_layers = None if self.with_past else cache_layers(returned.cross_attention_cache)
         if self.with_past:
             return (out.logits, *[t for pair in self_layers for t in pair])
-        cross_layers = cache_layers(returned.cross_attention_cache)
         flat = []
         for (sk, sv), (ck, cv) in zip(self_layers, cross_layers):
             flat += [sk, sv, ck, cv]
