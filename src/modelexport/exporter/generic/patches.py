@@ -238,6 +238,15 @@ def _is_sparse_block(module) -> bool:
         isinstance(getattr(module, "experts", None), torch.nn.ModuleList)
 
 
+def _own_source(cls: type, name: str) -> str:
+    """The source of ``cls``'s own method ``name`` ("" when the class does not define it or its
+    source cannot be read)."""
+    try:
+        return inspect.getsource(cls.__dict__[name])
+    except (KeyError, OSError, TypeError):
+        return ""
+
+
 def _is_switch_sparse_mlp_457(module) -> bool:
     """transformers 4.57's Switch Transformers sparse MLP: top-1 router, an ``experts`` ModuleDict
     of ``expert_N``, a loop over the experts hit (``torch.nonzero(...).tolist()``)."""
@@ -245,10 +254,7 @@ def _is_switch_sparse_mlp_457(module) -> bool:
     if not (cls.__name__ == "SwitchTransformersSparseMLP" and isinstance(getattr(module, "experts", None),
                                                                            torch.nn.ModuleDict)):
         return False
-    try:
-        return "torch.nonzero(idx_mask" in inspect.getsource(cls.__dict__["forward"])
-    except (KeyError, OSError, TypeError):
-        return False
+    return "torch.nonzero(idx_mask" in _own_source(cls, "forward")
 
 
 def dense_switch_sparse_mlp_forward(self, hidden_states):
@@ -458,10 +464,7 @@ def _boundaries(side: int, device) -> list[float]:
 def _buckets_positions(module) -> bool:
     cls = type(module)
     if cls not in _BUCKETING_CLASSES:
-        try:
-            source = inspect.getsource(cls.__dict__["forward"])
-        except (KeyError, OSError, TypeError):
-            source = ""
+        source = _own_source(cls, "forward")
         _BUCKETING_CLASSES[cls] = _POSITION_BUCKETS in source and any(line in source for line in _COORDINATES)
     if not _BUCKETING_CLASSES[cls]:
         return False
@@ -508,10 +511,7 @@ def _complex_rotary(module) -> bool:
     if not (cls.__name__ == "Llama4TextRotaryEmbedding" and getattr(module, "rope_type", "default") in
             ("default", "llama3")):
         return False
-    try:
-        return "torch.polar(" in inspect.getsource(cls.__dict__["forward"])
-    except (KeyError, OSError, TypeError):
-        return False
+    return "torch.polar(" in _own_source(cls, "forward")
 
 
 def real_rotary_forward(self, x, position_ids):
@@ -539,48 +539,50 @@ def real_apply_rotary_emb(original):
     return apply_rotary_emb
 
 
-_TRACING_TEST = "not torch.jit.is_tracing() and not tracing"
+class _IfTestRewritten(ast.NodeTransformer):
+    """Each ``if`` whose test is exactly ``TEST`` gets the test ``rewritten(test)`` returns."""
 
-
-class _TracingTestToTrue(ast.NodeTransformer):
-    """``if not torch.jit.is_tracing() and not tracing:`` -> ``if True:``: the branch PyTorch runs
-    outside a trace runs in the trace too (transformers 4.57's RecurrentGemma RG-LRU skips its input
-    normalisation ``sqrt(1 - a**2)`` when traced: multiplier 1 instead)."""
+    TEST = ""
 
     def __init__(self):
-        self.test = ast.dump(ast.parse(_TRACING_TEST).body[0].value)
+        self.test = ast.dump(ast.parse(self.TEST).body[0].value)
         self.replaced = 0
+
+    def rewritten(self, test: ast.expr) -> ast.expr:
+        raise NotImplementedError
 
     def visit_If(self, node):  # noqa: N802
         self.generic_visit(node)
         if ast.dump(node.test) == self.test:
             self.replaced += 1
-            node.test = ast.copy_location(ast.Constant(True), node.test)
+            node.test = ast.copy_location(self.rewritten(node.test), node.test)
         return node
+
+
+class _TracingTestToTrue(_IfTestRewritten):
+    """``if not torch.jit.is_tracing() and not tracing:`` -> ``if True:``: the branch PyTorch runs
+    outside a trace runs in the trace too (transformers 4.57's RecurrentGemma RG-LRU skips its input
+    normalisation ``sqrt(1 - a**2)`` when traced: multiplier 1 instead)."""
+
+    TEST = "not torch.jit.is_tracing() and not tracing"
+
+    def rewritten(self, test):
+        return ast.Constant(True)
 
 
 def _skips_code_when_traced(module) -> bool:
     return _rewrites(type(module), "forward", _TracingTestToTrue) == 1
 
 
-_COMPILING_MASK_TEST = "attention_mask is None and not is_torchdynamo_compiling()"
-
-
-class _CompilingMaskTestDropped(ast.NodeTransformer):
+class _CompilingMaskTestDropped(_IfTestRewritten):
     """``if attention_mask is None and not is_torchdynamo_compiling():`` -> ``if attention_mask is
     None:``: the decoder makes its padding mask of ones (past + new tokens) under the trace as it
     does in PyTorch."""
 
-    def __init__(self):
-        self.test = ast.dump(ast.parse(_COMPILING_MASK_TEST).body[0].value)
-        self.replaced = 0
+    TEST = "attention_mask is None and not is_torchdynamo_compiling()"
 
-    def visit_If(self, node):  # noqa: N802
-        self.generic_visit(node)
-        if ast.dump(node.test) == self.test:
-            self.replaced += 1
-            node.test = ast.copy_location(node.test.values[0], node.test)
-        return node
+    def rewritten(self, test):
+        return test.values[0]
 
 
 def _mask_made_only_eagerly(module) -> bool:
@@ -612,10 +614,7 @@ def _mask_skipped_when_all_ones(module) -> bool:
         return False
     if getattr(getattr(module, "config", None), "_attn_implementation", None) != "sdpa":
         return False
-    try:
-        source = inspect.getsource(cls.__dict__["forward"])
-    except (OSError, TypeError):
-        return False
+    source = _own_source(cls, "forward")
     return "create_causal_mask" in source and "allow_is_causal_skip=False" not in source
 
 
@@ -661,10 +660,7 @@ _KERNEL_CACHING_CLASSES: dict[type, bool] = {}  # measured once per class (befor
 def _caches_kernel_by_length(module) -> bool:
     cls = type(module)
     if cls not in _KERNEL_CACHING_CLASSES:
-        try:
-            source = inspect.getsource(cls.__dict__["get_ema_kernel"])
-        except (KeyError, OSError, TypeError):
-            source = ""
+        source = _own_source(cls, "get_ema_kernel")
         _KERNEL_CACHING_CLASSES[cls] = _CACHED_KERNEL in source and hasattr(cls, "_compute_efficient_ema_kernel")
     return _KERNEL_CACHING_CLASSES[cls]
 
