@@ -314,6 +314,38 @@ def test_a_head_the_task_auto_class_refuses_is_loaded_by_its_own_class(tmp_path)
     _assert_tags_are_the_parameters_owners(model, tmp_path / "out", result)
 
 
+def test_a_config_whose_class_declares_another_model_type_than_its_auto_key(tmp_path):
+    """MLCD's config class declares model_type "mlcd_vision_model" while transformers' Auto
+    mappings know it as "mlcd" (4.57's Evolla: "EvollaModel" for "evolla"), so in 4.57 AutoConfig
+    cannot read back what save_pretrained wrote. The config is read by the class that declares the
+    type, the model loaded with it, exported, validated, and modelexport.load runs the folder."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from modelexport.exporter.source import load_config, registered_type
+    from modelexport.testing.breadth import build_tiny
+
+    assert CONFIG_MAPPING["mlcd"].model_type == "mlcd_vision_model"  # the premise
+    model = build_tiny("mlcd", "MLCDVisionModel", "feature-extraction", tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["model_type"] == "mlcd_vision_model"
+    if transformers.__version__.startswith("4."):
+        with pytest.raises(ValueError, match="mlcd_vision_model"):
+            transformers.AutoConfig.from_pretrained(tmp_path / "model")
+    config = load_config(str(tmp_path / "model"), False)
+    # transformers 5 registers the class under both keys
+    key = "mlcd" if transformers.__version__.startswith("4.") else "mlcd_vision_model"
+    assert type(config).__name__ == "MLCDVisionConfig" and registered_type(config) == key
+    result, meta = _export(tmp_path / "model", tmp_path / "out")
+    assert meta["source"]["model_type"] == key and meta["source"]["model_class"] == "MLCDVisionModel"
+    assert all(f.validation["passed"] for f in result.files)
+    _assert_tags_are_the_parameters_owners(model, tmp_path / "out", result)
+    pixels = torch.rand(1, 3, model.config.image_size, model.config.image_size)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).last_hidden_state.numpy()
+    got = modelexport.load(tmp_path / "out")(pixel_values=pixels.numpy())
+    np.testing.assert_allclose(got["last_hidden_state"], expected, atol=1e-4)
+
+
 # -- the real MiniLM, without Optimum's config ---------------------------------------------------
 def test_minilm_through_the_generic_path_matches_sentence_transformers(minilm_dir, tmp_path):
     from sentence_transformers import SentenceTransformer

@@ -344,7 +344,7 @@ def _peek(model: str, library: str, trust_remote_code: bool) -> tuple[str | None
 
 def _generic_source_of_loaded(model, task: str):
     from modelexport.exporter.generic.tasks import accepts_cache, spec_of, task_of_loaded_model, GENERATIVE
-    from modelexport.exporter.source import ModelSource
+    from modelexport.exporter.source import ModelSource, registered_type
 
     is_st = type(model).__name__ == "SentenceTransformer"
     config = model[0].auto_model.config if is_st else model.config
@@ -355,11 +355,11 @@ def _generic_source_of_loaded(model, task: str):
         if task in GENERATIVE and accepts_cache(model):
             task += "-with-past"
     else:
-        spec_of(task, config.model_type)
+        spec_of(task, registered_type(config))
     name = getattr(config, "_name_or_path", "") or None
     is_local = bool(name) and Path(name).is_dir()
     return ModelSource(name if is_local else None, is_local, "sentence_transformers" if is_st else "transformers",
-                       task, config.model_type), config
+                       task, registered_type(config)), config
 
 
 def _optimum_path(loaded, source, staging: Path, opset, static_shapes, exporter: str, phases) -> PathOutput:

@@ -61,6 +61,9 @@ def load_config(name_or_path: str, trust_remote_code: bool):
                 f"{name_or_path} needs custom code from its repository; pass --trust-remote-code if you trust it"
             ) from e
         if "Unrecognized model" in text or "does not recognize" in text or "model_type" in text:
+            config = _config_by_declared_type(name_or_path, trust_remote_code)
+            if config is not None:
+                return config
             raise ModelSourceError(
                 f"{name_or_path}: config.json names a model_type this transformers version does not know"
             ) from e
@@ -70,6 +73,40 @@ def load_config(name_or_path: str, trust_remote_code: bool):
             f"cannot load {name_or_path}: not a local folder and not reachable on the Hugging Face Hub "
             f"({str(e).splitlines()[0]})"
         ) from e
+
+
+def _config_by_declared_type(name_or_path: str, trust_remote_code: bool):
+    """The config of a folder whose ``model_type`` is the one a transformers config class declares
+    but not the key AutoConfig registers that class under (4.57's ``EvollaConfig`` saves
+    "EvollaModel" for "evolla", ``MLCDVisionConfig`` "mlcd_vision_model" for "mlcd"), so
+    ``AutoConfig`` cannot read back what ``save_pretrained`` wrote. None when no class declares it.
+    Imports every config class (a few seconds), only on this path."""
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
+
+    try:
+        declared = PretrainedConfig.get_config_dict(name_or_path)[0].get("model_type")
+    except (OSError, ValueError):
+        return None
+    for key in CONFIG_MAPPING_NAMES:
+        try:
+            cls = CONFIG_MAPPING[key]
+        except (ImportError, AttributeError):  # a config class this installation cannot import
+            continue
+        if declared and cls.model_type == declared and key != declared:
+            return cls.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return None
+
+
+def registered_type(config) -> str:
+    """The model type transformers' Auto mappings know the config's class by: ``config.model_type``
+    except where the class declares another (``_config_by_declared_type``)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    name = type(config).__name__
+    if CONFIG_MAPPING_NAMES.get(config.model_type) == name:
+        return config.model_type
+    return next((key for key, cls in CONFIG_MAPPING_NAMES.items() if cls == name), config.model_type)
 
 
 def explain_load_failure(e: BaseException, where: str | None) -> str:

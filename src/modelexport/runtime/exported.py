@@ -104,9 +104,9 @@ class ExportedModel:
     def config(self):
         """The folder's transformers config (loaded on first use)."""
         if self._config is None:
-            from transformers import AutoConfig
+            from modelexport.exporter.source import load_config
 
-            self._config = AutoConfig.from_pretrained(self.folder)
+            self._config = load_config(str(self.folder), False)
         return self._config
 
     def _preprocessor(self, kind: str):

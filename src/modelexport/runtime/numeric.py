@@ -26,3 +26,13 @@ def output_difference(ref: np.ndarray, got: np.ndarray) -> tuple[float, str]:
     if mismatched:
         problems.append(f"{mismatched} non-finite PyTorch values not matched")
     return diff, "; ".join(problems)
+
+
+def past_allclose(ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> int:
+    """How many finite elements are past ``atol + rtol * |ref|``: what ``np.allclose`` checks
+    (Optimum's validation criterion), NaN/Inf left to ``output_difference``."""
+    if not ref.size:
+        return 0
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    both = np.isfinite(ref64) & np.isfinite(got64)
+    return int(np.count_nonzero(np.abs(got64[both] - ref64[both]) > atol + rtol * np.abs(ref64[both])))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from modelexport.errors import ModelSourceError, TaskError
 from modelexport.exporter.generic.tasks import GENERATIVE, accepts_cache, infer_task, load_model, spec_of
-from modelexport.exporter.source import ModelSource, check_local_folder, load_config, looks_like_path
+from modelexport.exporter.source import ModelSource, check_local_folder, load_config, looks_like_path, registered_type
 
 GENERIC_LIBRARIES = ("transformers", "sentence_transformers")
 
@@ -41,8 +41,8 @@ def resolve(model: str, task: str, library: str, trust_remote_code: bool) -> tup
     elif task == "auto":
         task = infer_task(config)
     else:
-        spec_of(task, config.model_type)  # refuses a task the model type has no head for
-    return ModelSource(name_or_path, is_local, library, task, config.model_type), config
+        spec_of(task, registered_type(config))  # refuses a task the model type has no head for
+    return ModelSource(name_or_path, is_local, library, task, registered_type(config)), config
 
 
 def load(source: ModelSource, trust_remote_code: bool, task_given: bool):

@@ -87,9 +87,11 @@ def infer_task(config) -> str:
         specs = specs_for_class(architecture)
         if specs:
             return specs[0].task
-    if specs_for_type(config.model_type):
-        return "feature-extraction" if any(s.task == "feature-extraction" for s in specs_for_type(config.model_type)) \
-            else specs_for_type(config.model_type)[0].task
+    from modelexport.exporter.source import registered_type
+
+    specs = specs_for_type(registered_type(config))
+    if specs:
+        return "feature-extraction" if any(s.task == "feature-extraction" for s in specs) else specs[0].task
     raise TaskError(f"transformers maps model type {config.model_type!r} to no PyTorch model class; "
                     "pass --task, or check that transformers supports it")
 
@@ -111,27 +113,39 @@ def load_model(name_or_path: str, spec: TaskSpec, trust_remote_code: bool):
     from modelexport.exporter.source import explain_load_failure
 
     auto = getattr(transformers, spec.auto_class)
+    config = _config_auto_cannot_read(name_or_path, trust_remote_code)
     try:
         try:
-            model = auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            model = auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **config)
         except ValueError as e:
             # transformers' task mapping names a head its Auto class cannot build from the config
             # (transformers 5's Evolla: AutoModelForImageTextToText refuses EvollaConfig): the
             # head config.architectures names, when that mapping lists it, loaded by its own class
-            head = _listed_head(name_or_path, spec) if "Unrecognized configuration class" in str(e) else None
+            head = _listed_head(name_or_path, spec, trust_remote_code) \
+                if "Unrecognized configuration class" in str(e) else None
             if head is None:
                 raise
-            model = head.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            model = head.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **config)
     except Exception as e:  # loading third-party weights: every failure is explained to the user
         raise ModelSourceError(explain_load_failure(e, name_or_path)) from e
     return model.eval()
 
 
-def _listed_head(name_or_path: str, spec: TaskSpec):
+def _config_auto_cannot_read(name_or_path: str, trust_remote_code: bool) -> dict:
+    """``{"config": ...}`` where AutoConfig cannot read the folder's config but ``load_config`` can
+    (a class declaring another model_type than its Auto key), else nothing: from_pretrained reads it."""
+    from modelexport.exporter.source import load_config, registered_type
+
+    config = load_config(name_or_path, trust_remote_code)
+    return {"config": config} if registered_type(config) != config.model_type else {}
+
+
+def _listed_head(name_or_path: str, spec: TaskSpec, trust_remote_code: bool):
     """The transformers class of ``config.architectures`` that ``spec``'s mapping lists, or None."""
+    from modelexport.exporter.source import load_config
     import transformers
 
-    architectures = getattr(transformers.AutoConfig.from_pretrained(name_or_path), "architectures", None) or []
+    architectures = getattr(load_config(name_or_path, trust_remote_code), "architectures", None) or []
     listed = {c for classes in _names(spec.mapping).values() for c in classes}
     return next((getattr(transformers, a) for a in architectures if a in listed and hasattr(transformers, a)), None)
 
