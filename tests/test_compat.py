@@ -143,6 +143,49 @@ def test_rewrite_constants_are_matched_exactly(tmp_path):
         np.testing.assert_array_equal(have, want)
 
 
+class _CausalMaskOfInputLength(torch.nn.Module):
+    """GPTSan's prefix-LM mask: a tril of uint8 ones as long as the input."""
+
+    def forward(self, x):
+        n = x.shape[1]
+        lower = torch.tril(torch.ones((n, n), dtype=torch.uint8))
+        upper = torch.triu(torch.ones((n, n), dtype=torch.int16), diagonal=1)
+        return x @ lower.float(), upper, torch.tril(x.to(torch.bfloat16)).float()
+
+
+@pytest.mark.parametrize("widened", [False, True])
+def test_trilu_of_a_type_onnx_runtime_lacks_is_exported_through_one_it_has(tmp_path, widened):
+    import contextlib
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from modelexport.exporter.dynamo_trace import export_dynamo
+
+    x = torch.rand(2, 6, 6)
+    block = contextlib.nullcontext() if widened else pytest.MonkeyPatch.context()
+    with block as patch:
+        if not widened:  # the premise, with the rewrite turned off: ONNX Runtime refuses the file
+            patch.setattr(compat, "trilu_in_types_ort_runs", contextlib.nullcontext)
+        export_dynamo(_CausalMaskOfInputLength().eval(), (x,), None, tmp_path / "m.onnx", input_names=["x"],
+                      dynamic_axes={"x": {0: "batch", 1: "n", 2: "n"}}, opset=18)
+    if not widened:
+        with pytest.raises(Exception, match="Trilu"):
+            ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+        return
+    assert [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node].count("Trilu") == 3
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    other = torch.rand(3, 9, 9)  # another length than traced: the mask is computed, not a constant
+    with torch.no_grad():
+        expected = [t.numpy() for t in _CausalMaskOfInputLength()(other)]
+    got = session.run(None, {"x": other.numpy()})
+    assert got[1].dtype == np.int16
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-5)  # a matmul: float sums in another order
+    for want, have in zip(expected[1:], got[1:]):
+        np.testing.assert_array_equal(have, want)
+
+
 def test_onnxscript_min_max_fusion_is_left_out_so_the_file_is_valid(tmp_path):
     """Gemma 4's audio encoder clamps in a function torch.onnx inlines: onnxscript's Min/Max ->
     Clip rule gave the Clip bounds no initializer in the file, which ONNX Runtime refused ("Node

@@ -485,3 +485,53 @@ def test_noise_a_model_draws_in_forward_becomes_an_input(tmp_path):
         expected = mae(pixel_values=pixels, noise=noise).last_hidden_state.numpy()
     got = session.run(["last_hidden_state"], {"pixel_values": pixels.numpy(), "noise": noise.numpy()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_noise_sequence_a_vocoder_draws_becomes_an_input_of_the_spectrogram_length(tmp_path):
+    """UnivNet draws ``torch.randn(batch, spectrogram length, channels, generator=...)`` unless
+    given ``noise_sequence``; torch.onnx has no randn-with-generator, and a traced draw would be
+    one fixed tensor. The example gives it, its length axis named as the spectrogram's, so the file
+    takes any length and agrees with PyTorch given the same noise."""
+    import onnxruntime as ort
+
+    from modelexport.testing.breadth import build_tiny
+
+    model = build_tiny("univnet", "UnivNetModel", "feature-extraction", tmp_path / "model")
+    result, meta = _export(tmp_path / "model", tmp_path / "out")
+    assert result.exporter == "generic" and all(f.validation["passed"] for f in result.files)
+    _assert_tags_are_the_parameters_owners(model, tmp_path / "out", result)
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    assert list(shapes) == ["input_features", "noise_sequence"]
+    assert shapes["noise_sequence"][:2] == shapes["input_features"][:2]  # batch and length, both named
+    assert all(isinstance(d, str) for d in shapes["noise_sequence"][:2])
+    features = torch.randn(1, 41, model.config.num_mel_bins)
+    noise = torch.randn(1, 41, model.config.model_in_channels)
+    with torch.no_grad():
+        expected = model(input_features=features, noise_sequence=noise).waveforms.numpy()
+    got = session.run(["waveforms"], {"input_features": features.numpy(), "noise_sequence": noise.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_a_seq2seq_head_without_an_encoder_decoder_split_is_exported_without_the_cache(tmp_path):
+    """GPTSan (transformers 4.57) is a prefix LM behind a "ForConditionalGeneration" head: no
+    encoder / decoder split for Optimum's seq2seq files. With the cache our choice (no --task) it
+    is exported without it, the warning says so; a task the user named stays an error."""
+    import transformers
+
+    from modelexport.errors import ModelExportError
+    from modelexport.testing.breadth import build_tiny
+
+    if not hasattr(transformers, "GPTSanJapaneseForConditionalGeneration"):
+        pytest.skip("GPTSan was removed in transformers 5")
+    model = build_tiny("gptsan-japanese", "GPTSanJapaneseForConditionalGeneration", "text2text-generation",
+                       tmp_path / "model")
+    result, meta = _export(tmp_path / "model", tmp_path / "out")
+    assert result.task == "text2text-generation" and [f.name for f in result.files] == ["model.onnx"]
+    note = ("GPTSanJapaneseForConditionalGeneration has no encoder / decoder split the export knows: "
+            "exported without the KV cache (each step runs the whole sequence)")
+    assert f"model.onnx: {note}" in result.files[0].warnings and note in meta["generic"]["input_notes"]
+    assert result.files[0].validation["passed"]
+    _assert_tags_are_the_parameters_owners(model, tmp_path / "out", result)
+    with pytest.raises(ModelExportError, match="export it with --task text2text-generation$"):
+        modelexport.export(str(tmp_path / "model"), tmp_path / "out2", task="text2text-generation-with-past")

@@ -206,6 +206,53 @@ def number_minus_tensor_rewritten():
 
 
 @contextlib.contextmanager
+def trilu_in_types_ort_runs():
+    """Inside the block, ``torch.tril`` / ``torch.triu`` of a dtype ONNX Runtime's CPU Trilu kernel
+    lacks (uint8, int8, int16, uint16, uint32, bfloat16; it has bool, int32, int64, float16, float,
+    double) is exported as a cast to a type it has, the Trilu, and a cast back: the same values.
+    With a static shape the exporter folds such a mask into a constant; with a dynamic one
+    (GPTSan's ``torch.tril(torch.ones((n, n), dtype=torch.uint8))``) ONNX Runtime refused the file
+    ("Could not find an implementation for Trilu(14)")."""
+    check_version("torch")
+    import torch
+    from torch.onnx._internal.exporter import _fx_passes
+
+    original = _fx_passes.insert_type_promotion_nodes
+    wider = {torch.uint8: torch.int32, torch.int8: torch.int32, torch.int16: torch.int32,
+             torch.uint16: torch.int32, torch.uint32: torch.int64, torch.bfloat16: torch.float32}
+    targets = (torch.ops.aten.tril.default, torch.ops.aten.triu.default)
+    cast = torch.ops.prims.convert_element_type.default
+
+    def rewritten(graph_module):
+        for module in graph_module.modules():
+            graph = getattr(module, "graph", None)
+            changed = False
+            for node in list(graph.nodes) if graph is not None else ():
+                value = node.meta.get("val") if node.op == "call_function" and node.target in targets else None
+                if not isinstance(value, torch.Tensor) or value.dtype not in wider:
+                    continue
+                to = wider[value.dtype]
+                with graph.inserting_before(node):
+                    widened = graph.call_function(cast, (node.args[0], to))
+                    trilu = graph.call_function(node.target, (widened, *node.args[1:]), dict(node.kwargs))
+                # the Trilu's module stack (the tags) on the new nodes, each one's shape and dtype
+                widened.meta = {**node.meta, "val": value.to(to)}
+                trilu.meta = {**node.meta, "val": value.to(to)}
+                # the node itself becomes the cast back: its name stays the one an output refers to
+                node.target, node.args, node.kwargs = cast, (trilu, value.dtype), {}
+                changed = True
+            if changed:
+                module.recompile()
+        return original(graph_module)
+
+    _fx_passes.insert_type_promotion_nodes = rewritten
+    try:
+        yield
+    finally:
+        _fx_passes.insert_type_promotion_nodes = original
+
+
+@contextlib.contextmanager
 def safe_onnxscript_rewrites():
     """Inside the block, the onnxscript optimizer that ``torch.onnx.export(dynamo=True)`` runs
     leaves values as PyTorch computes them and writes a valid graph:

@@ -196,10 +196,10 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
 
     def trace(auto: bool):
         from modelexport.compat import (number_minus_tensor_rewritten, safe_onnxscript_rewrites,
-                                        torchlib_registry_reused)
+                                        torchlib_registry_reused, trilu_in_types_ort_runs)
 
-        with torchlib_registry_reused(), number_minus_tensor_rewritten(), safe_onnxscript_rewrites(), \
-                _export_error_log_off():
+        with torchlib_registry_reused(), number_minus_tensor_rewritten(), trilu_in_types_ort_runs(), \
+                safe_onnxscript_rewrites(), _export_error_log_off():
             return _trace(auto)
 
     def _trace(auto: bool):

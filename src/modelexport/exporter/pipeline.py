@@ -316,11 +316,13 @@ def _resolve_and_load(model, task, library, trust_remote_code, exporter, opset):
 
 
 def _draws_noise(model) -> bool:
-    """Whether the model's forward takes the random ``noise`` it otherwise draws itself."""
+    """Whether the model's forward takes the random noise it otherwise draws itself."""
     import inspect
 
+    from modelexport.exporter.generic.inputs import NOISE_ARGUMENTS
+
     try:
-        return "noise" in inspect.signature(model.forward).parameters
+        return any(name in inspect.signature(model.forward).parameters for name in NOISE_ARGUMENTS)
     except (TypeError, ValueError):
         return False
 
@@ -415,15 +417,26 @@ def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_cod
                   static_shapes: dict | None = None) -> PathOutput:
     from modelexport.compat import dynamo_opset_range
     from modelexport.errors import ModelExportError
-    from modelexport.exporter.generic.export import plan_export, trace_files, validate_files
+    from modelexport.exporter.generic.export import NoCacheLayout, plan_export, trace_files, validate_files
     from modelexport.exporter.generic.inputs import Preprocessors
     from modelexport.exporter.generic.wrappers import SCOPE_PREFIX
     from modelexport.exporter.optimum.ort_class import ort_model_class_for_io
 
     folder = Path(source.name_or_path) if source.is_local and source.name_or_path else None
     with phases("export", "Exporting with torch.export (inputs from the model, no Optimum config)"):
-        plan = plan_export(loaded, source.task, Preprocessors(folder, trust_remote_code), source.library,
-                           static_shapes)
+        unlaid = None
+        try:
+            plan = plan_export(loaded, source.task, Preprocessors(folder, trust_remote_code), source.library,
+                               static_shapes)
+        except NoCacheLayout as e:
+            if not source.past_chosen:  # the user named the task: the error stands
+                raise
+            # GPTSan: a "ForConditionalGeneration" prefix LM with no encoder / decoder split
+            plan = plan_export(loaded, source.task.replace("-with-past", ""), Preprocessors(folder, trust_remote_code),
+                               source.library)
+            unlaid = (f"{str(e).split(';')[0]}: exported without the KV cache (each step runs the whole "
+                      "sequence)")
+            plan.notes.append(unlaid)
         # Where the KV cache was our choice (the user named no task), a decoder whose cache export
         # fails or does not run as PyTorch runs is exported without it, and a warning says why. A
         # task the user named is theirs: the error stands.
@@ -458,6 +471,8 @@ def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_cod
                     plan, infos, patches = without_cache(f"does not run as PyTorch runs ({broken[0]})")
                     validated = None
         source.task = plan.task
+        if unlaid:
+            infos[0].trace_warnings.append(unlaid)  # printed, not only recorded
         if static_shapes:  # every value's shape fixed, for compilers (see static_shapes.py)
             from modelexport.exporter.static_shapes import infer_static_shapes
 

@@ -355,6 +355,11 @@ def plan_seq2seq_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
     return Plan("seq2seq-with-past", task, [encoder_file, decoder_file, past_file], notes)
 
 
+class NoCacheLayout(ModelExportError):
+    """A with-past task whose model's cache cannot be laid out as Optimum's files: where the cache
+    was our choice, the export goes on without it."""
+
+
 def plan_export(model, task: str, pre: Preprocessors, library: str = "transformers",
                 static_shapes: dict | None = None) -> Plan:
     """The files to write for ``task``; a with-past task falls back to the plain one (with a note)
@@ -378,8 +383,8 @@ def plan_export(model, task: str, pre: Preprocessors, library: str = "transforme
         plan = plan_seq2seq_with_past(model, task, pre)
         if plan is not None:
             return plan
-        raise ModelExportError(f"{type(model).__name__} has no encoder / decoder split the export knows; "
-                               f"export it with --task {task.replace('-with-past', '')}")
+        raise NoCacheLayout(f"{type(model).__name__} has no encoder / decoder split the export knows; "
+                            f"export it with --task {task.replace('-with-past', '')}")
     return plan_single(model, task, pre, library)
 
 

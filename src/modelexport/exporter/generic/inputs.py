@@ -27,6 +27,8 @@ SAMPLE_TEXTS = ("Hello world, this is a sample sentence for the export.",
 # left to its default (labels, output_attentions, head_mask, ...).
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "bbox")
 MAIN_AUDIO_INPUTS = ("input_values", "input_features")
+# forward arguments a model draws random noise for when not given: the torch function it draws with
+NOISE_ARGUMENTS = {"noise": "rand", "noise_sequence": "randn"}
 
 
 @dataclass
@@ -204,8 +206,9 @@ class InputBuilder:
             inputs["decoder_input_ids"][:, 1:] = self._ids(batch, tokens - 1)
             axes["decoder_input_ids"] = {0: "batch_size", 1: "decoder_sequence_length"} if self.decoder_tokens \
                 else {0: "batch_size"}
-        if self.takes("noise") and "noise" not in inputs and inputs:
-            self._noise(inputs, axes, notes)
+        for name in NOISE_ARGUMENTS:
+            if self.takes(name) and name not in inputs and inputs:
+                self._noise(name, inputs, axes, notes)
         missing = [name for name, p in self.params.items() if p.default is inspect.Parameter.empty
                    and name not in inputs]
         if missing:
@@ -215,36 +218,40 @@ class InputBuilder:
         ordered = {name: inputs[name] for name in self.params if name in inputs}
         return Example(ordered, {k: v for k, v in axes.items() if k in ordered}, notes)
 
-    def _noise(self, inputs, axes, notes) -> None:
-        """A model that draws random noise in forward unless given ``noise`` (ViT-MAE's random
-        masking) gets it as an input: traced, its own ``torch.rand`` would be one fixed draw,
-        and no two runs (PyTorch's validation included) would mask the same patches. Its shape is
-        the one the model draws: found by running forward once and watching ``torch.rand``."""
+    def _noise(self, name: str, inputs, axes, notes) -> None:
+        """A model that draws random noise in forward unless given it (ViT-MAE's random masking:
+        ``noise``, uniform; UnivNet's vocoder input: ``noise_sequence``, normal) gets it as an
+        input: traced, its own draw would be one fixed tensor (or, with a generator, an op no
+        exporter has), and no two runs (PyTorch's validation included) would agree. Its shape is
+        the one the model draws: found by running forward once and watching the draw; an axis of
+        the size of another input's named axis is named alike (UnivNet's spectrogram length)."""
         import torch
 
+        draw = NOISE_ARGUMENTS[name]
         drawn: list[tuple[int, ...]] = []
-        real_rand = torch.rand
+        real = getattr(torch, draw)
 
         def watched(*size, **kwargs):
             shape = size[0] if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
             drawn.append(tuple(int(d) for d in shape))
-            return real_rand(*size, **kwargs)
+            return real(*size, **kwargs)
 
-        torch.rand = watched
+        setattr(torch, draw, watched)
         try:
             with torch.no_grad():
                 self.model(**inputs)
         except Exception:  # the export's own forward will say what is wrong
             return
         finally:
-            torch.rand = real_rand
+            setattr(torch, draw, real)
         if not drawn:
-            return  # this configuration does not mask (Hiera outside MAE pre-training)
-        inputs["noise"] = torch.rand(drawn[0], generator=torch.Generator().manual_seed(2))
-        axes["noise"] = {0: "batch_size"}
-        per_example = ", ".join(str(d) for d in drawn[0][1:])
-        notes.append(f"noise: the uniform noise the model's random masking draws, as an input of shape (batch, "
-                     f"{per_example}) (feed torch.rand of that shape, or your own to choose the masked patches)")
+            return  # this configuration does not draw (Hiera outside MAE pre-training)
+        inputs[name] = real(drawn[0], generator=torch.Generator().manual_seed(2))
+        named = {inputs[k].shape[i]: axis for k, a in axes.items() for i, axis in a.items() if i > 0}
+        axes[name] = {0: "batch_size", **{i: named[d] for i, d in enumerate(drawn[0]) if i > 0 and d in named}}
+        per_example = ", ".join(str(named.get(d, d)) for d in drawn[0][1:])
+        notes.append(f"{name}: the {'uniform' if draw == 'rand' else 'normal'} noise the model draws in forward, "
+                     f"as an input of shape (batch, {per_example}) (feed torch.{draw} of that shape, or your own)")
 
     def _text(self, batch, sequence, inputs, axes, notes) -> None:
         import torch
