@@ -48,6 +48,9 @@ def _dim(input_name: str, axis: int, dim, config: dict, rank: int, batch: int = 
         if axis == 1:
             return int(_config_value(config, "num_mel_bins", "feature_size", default=80))
         return 2 * int(_config_value(config, "max_source_positions", default=1500))
+    named = _config_value(config, name) if name else None
+    if isinstance(named, int) and not isinstance(named, bool) and named > 0:
+        return named  # an axis Optimum names after the config attribute that fixes it (max_depth, visual_embedding_dim)
     return sequence
 
 

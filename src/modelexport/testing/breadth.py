@@ -888,11 +888,12 @@ def _through_ties(verdict: str, path: Path, feed: dict, model, example: dict, go
     return f"{again}; ONNX Runtime's choice among tied top-k candidates replayed" if again.startswith("ok") else verdict
 
 
-def _fill_missing(path: Path, feed: dict, example: dict, made: tuple[str, ...] = ()) -> list[str]:
+def _fill_missing(path: Path, feed: dict, example: dict, made: tuple[str, ...] = (), config=None) -> list[str]:
     """Zeros for the inputs an Optimum-config graph takes that InputBuilder does not make
-    (Longformer's global_attention_mask, MarkupLM's xpath ids): named axes sized as the example's
-    batch and sequence, others 4; names starting with one of ``made`` are left to the loader.
-    Returns the names filled."""
+    (Longformer's global_attention_mask): the sizes the file declares where static, named axes
+    sized as the example's batch and sequence, an axis named as a config attribute (Optimum's
+    ``max_depth``, ``visual_embedding_dim``) as the config says, others 4; names starting with one
+    of ``made`` are left to the loader. Returns the names filled."""
     import onnx
     import torch
 
@@ -912,6 +913,8 @@ def _fill_missing(path: Path, feed: dict, example: dict, made: tuple[str, ...] =
                 dims.append(batch)
             elif "sequence" in d.dim_param:
                 dims.append(sequence)
+            elif isinstance(getattr(config, d.dim_param, None), int) and getattr(config, d.dim_param) > 0:
+                dims.append(getattr(config, d.dim_param))
             else:
                 dims.append(4)
         dtype = torch.float32 if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT else torch.long
@@ -947,7 +950,8 @@ def run_loaders(row: BreadthRow, model, example: dict | None, out: Path) -> None
             feed = {k: v for k, v in example.items() if k in names}
             # the past, positions and token types are modelexport.load's to make (as transformers would)
             filled = _fill_missing(loaded.main_file().path, feed, example,
-                                   made=("past_key_values.", "position_ids", "token_type_ids", "attention_mask"))
+                                   made=("past_key_values.", "position_ids", "token_type_ids", "attention_mask"),
+                                   config=model.config)
             got = loaded(**{k: v.numpy() for k, v in feed.items()})
             row.load_run = _compare_outputs(reference, got) if reference is not None and not filled else "ok (ran)"
             row.load_run = _through_ties(row.load_run, loaded.main_file().path, feed, model, example, got)
@@ -976,7 +980,7 @@ def run_loaders(row: BreadthRow, model, example: dict | None, out: Path) -> None
         files = sorted(out.glob("*.onnx"))
         names = _graph_inputs(files[0]) if len(files) == 1 else list(example)
         feed = {k: v for k, v in example.items() if k in names}
-        filled = _fill_missing(files[0], feed, example) if len(files) == 1 else []
+        filled = _fill_missing(files[0], feed, example, config=model.config) if len(files) == 1 else []
         with torch.no_grad():
             got = ort_model(**feed)
         got = {k: v for k, v in got.items()} if hasattr(got, "items") else {}

@@ -23,8 +23,9 @@ from modelexport.errors import ModelExportError
 SAMPLE_TEXTS = ("Hello world, this is a sample sentence for the export.",
                 "A second sentence, a little longer than the first one, to fill the batch.",
                 "Short third.", "And a fourth one.")
-# Inputs of these names are built when forward takes them; any other parameter with a default is
-# left to its default (labels, output_attentions, head_mask, ...).
+# Inputs of these names are built when forward takes them, and so are the text's companions whose
+# sizes the config gives (MarkupLM's XPaths, VisualBERT's region features); any other parameter
+# with a default is left to its default (labels, output_attentions, head_mask, ...).
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "bbox")
 MAIN_AUDIO_INPUTS = ("input_values", "input_features")
 # forward arguments a model draws random noise for when not given: the torch function it draws with
@@ -196,6 +197,8 @@ class InputBuilder:
             self._image_tokens_from_the_model(sequence, inputs, axes, notes)
         if not made_by_processor:
             self._text(batch, sequence, inputs, axes, notes)
+            self._xpaths(inputs, axes, notes)
+            self._visual_features(inputs, axes, notes)
             self._vision(batch, inputs, axes, notes)
             self._audio(batch, inputs, axes, notes)
         if self.takes("decoder_input_ids") and "decoder_input_ids" not in inputs:
@@ -294,6 +297,69 @@ class InputBuilder:
                 elif name == "bbox":
                     inputs[name] = torch.zeros((*shape, 4), dtype=torch.long)
             axes[name] = dict(enumerate(names))
+
+    def _xpaths(self, inputs, axes, notes) -> None:
+        """MarkupLM's ``xpath_tags_seq`` / ``xpath_subs_seq``: per token, the tag and subscript ids
+        of its XPath, ``config.max_depth`` units padded with ``tag_pad_id`` / ``subs_pad_id`` (what
+        its feature extractor and tokenizer make). Left to forward's default, every token's XPath
+        is padding and the graph takes no XPath at all; made by Optimum's config (its
+        DummyXPathSeqInputGenerator), the file takes them, depth included. The depth stays static:
+        forward has one embedding table per depth unit (``range(config.max_depth)``)."""
+        import torch
+
+        ids = inputs.get("input_ids")
+        depth = _config_value(self.config, "max_depth")  # (depth estimators' max_depth is a distance)
+        if ids is None or not (self.takes("xpath_tags_seq") or self.takes("xpath_subs_seq")) \
+                or not isinstance(depth, int) or depth < 1:
+            return
+        generator = torch.Generator().manual_seed(3)
+        units = torch.randint(1, min(depth, 4) + 1, (*ids.shape, 1), generator=generator)
+        padded = torch.arange(depth) >= units  # units deeper than the token's XPath: padding
+        made = []
+        for name, pad_key, table_key in (("xpath_tags_seq", "tag_pad_id", "max_xpath_tag_unit_embeddings"),
+                                         ("xpath_subs_seq", "subs_pad_id", "max_xpath_subs_unit_embeddings")):
+            if not self.takes(name):
+                continue
+            table = int(_config_value(self.config, table_key, default=0) or 0)
+            pad = _config_value(self.config, pad_key)
+            pad = pad if isinstance(pad, int) and 0 <= pad < table else table - 1
+            if pad < 1:
+                continue
+            value = torch.randint(0, pad, (*ids.shape, depth), generator=generator)
+            inputs[name] = value.masked_fill(padded, pad)
+            axes[name] = dict(axes.get("input_ids", {0: "batch_size", 1: "sequence_length"}))
+            made.append(name)
+        if made:
+            notes.append(f"{', '.join(made)}: generated XPaths of 1 to {min(depth, 4)} units per token, padded to "
+                         f"max_depth={depth} with the config's pad ids (the depth is fixed by the config)")
+
+    def _visual_features(self, inputs, axes, notes) -> None:
+        """VisualBERT's ``visual_embeds`` (region features from an external detector): ``(batch,
+        regions, config.visual_embedding_dim)``, with ``visual_attention_mask`` and
+        ``visual_token_type_ids`` of ones (forward's own defaults). The regions' axis is
+        ``visual_seq_length`` (Optimum's name, and its size under --static-shapes); the width is
+        the projection's and stays static."""
+        import torch
+
+        ids = inputs.get("input_ids")
+        width = _config_value(self.config, "visual_embedding_dim")
+        if ids is None or not self.takes("visual_embeds") or not isinstance(width, int) or width < 1:
+            return
+        # 5: none of the other axes' sizes (2, 3, 7), which torch.export would take for one symbol
+        regions = int(self.sizes.get("visual_seq_length", 5))
+        prefix = tuple(ids.shape[:-1])
+        inputs["visual_embeds"] = torch.randn(*prefix, regions, width, generator=torch.Generator().manual_seed(4))
+        names = {a: n for a, n in axes.get("input_ids", {0: "batch_size"}).items() if a < len(prefix)}
+        axes["visual_embeds"] = {**names, len(prefix): "visual_seq_length"}
+        if self.takes("visual_attention_mask"):
+            inputs["visual_attention_mask"] = torch.ones((*prefix, regions), dtype=torch.long)
+            axes["visual_attention_mask"] = {**names, len(prefix): "visual_seq_length"}
+        types = int(_config_value(self.config, "type_vocab_size", default=0) or 0)
+        if self.takes("visual_token_type_ids") and types >= 1:
+            inputs["visual_token_type_ids"] = torch.full((*prefix, regions), 1 if types > 1 else 0, dtype=torch.long)
+            axes["visual_token_type_ids"] = {**names, len(prefix): "visual_seq_length"}
+        notes.append(f"visual_embeds: generated, {regions} region(s) of visual_embedding_dim={width} from the "
+                     "config (the model's detector features are not part of the export)")
 
     def _vision(self, batch, inputs, axes, notes) -> None:
         import torch
