@@ -303,7 +303,8 @@ def test_a_head_the_task_auto_class_refuses_is_loaded_by_its_own_class(tmp_path)
     from modelexport.testing.breadth import build_tiny
 
     if not hasattr(transformers, "EvollaForProteinText2Text") or transformers.__version__.startswith("4."):
-        pytest.skip("transformers 4.57 cannot read Evolla's saved config back (its model_type is EvollaModel)")
+        pytest.skip("transformers 4.57's AutoConfig cannot read Evolla's saved config back (its model_type is "
+                    "EvollaModel): the premise is another one (see the MLCD test below)")
     with pytest.raises(ValueError, match="Unrecognized configuration class"):  # the premise
         build_tiny("evolla", "EvollaForProteinText2Text", "image-text-to-text", tmp_path / "model")
         transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "model")
