@@ -159,3 +159,20 @@ def test_every_mapped_type_gets_a_head():
     assert heads["bert"] == ("text-classification", "BertForSequenceClassification")
     assert heads["llama"] == ("text-generation", "LlamaForCausalLM")
     assert heads["whisper"][0] == "automatic-speech-recognition"
+
+
+def test_depth_counted_twice_follows_the_depth():
+    """A config that counts its layers in a second field (xLSTM builds ``num_blocks`` blocks; its
+    ``num_hidden_layers`` only sizes the state cache) gets the shrunk depth there too: the tiny
+    xLSTM had 32 blocks (its export timed out). Other counts (a MoE's dense layers, BigBird's
+    random blocks) are not the depth and are left as they are."""
+    from modelexport.testing.breadth import build_tiny, shrink_config, tiny_config
+
+    values = shrink_config({"num_hidden_layers": 32, "num_blocks": 32, "num_dense_layers": 1,
+                            "num_random_blocks": 3, "num_experts_blocks": 12})
+    assert values["num_hidden_layers"] == values["num_blocks"] == 2
+    assert (values["num_dense_layers"], values["num_random_blocks"], values["num_experts_blocks"]) == (1, 3, 12)
+    config = tiny_config("xlstm")
+    assert config.num_blocks == config.num_hidden_layers == 2
+    model = build_tiny("xlstm", "xLSTMForCausalLM", "text-generation")
+    assert len(model.backbone.blocks) == 2

@@ -228,6 +228,7 @@ _HIDDEN_KEYS = ("hidden_size", "d_model", "n_embd", "dim", "embed_dim")
 # SigLIP's projection_size): set to the new hidden size when they equalled the old one.
 _FOLLOWS_HIDDEN = re.compile(r"(hidden|proj|embed|pooler|attention|model|inner)\w*(size|dim)$")
 _NOT_A_WIDTH = re.compile(r"vocab|image|patch|position|mel|sampling|kernel|window|chunk|length")
+_DEPTH_ALIAS = re.compile(r"^(num|n)_\w*(blocks|layers)$")  # num_blocks, num_switch_layers
 # Settings a default config leaves on that a tiny CPU model cannot use (CUDA kernels, timm,
 # pretrained backbones from the Hub).
 _CPU_SETTINGS = {"use_mamba_kernels": False, "use_timm_backbone": False, "use_pretrained_backbone": False,
@@ -339,6 +340,11 @@ def shrink_config(values: dict, depth: int = 0, widths: set[int] | None = None) 
         for name, value in original.items():
             if isinstance(value, list) and len(value) == old_layers and name != "layer_types":
                 values[name] = value[:layers]
+            # another count of the same layers (xLSTM builds num_blocks blocks, its num_hidden_layers
+            # only sizes the state cache): the new depth
+            elif isinstance(value, int) and not isinstance(value, bool) and value == old_layers and \
+                    name != depth_key and name not in _SMALL and _DEPTH_ALIAS.search(name):
+                values[name] = layers
     # Sizes that must agree: XLNet's d_head = d_model / n_head; MLA's head_dim is its rotary width
     # (DeepSeek-V3); Mamba-2's heads * head_dim = hidden * expand
     if isinstance(values.get("d_head"), int) and isinstance(values.get("d_model"), int) and \
