@@ -525,3 +525,62 @@ def test_seq2seq_decoders_traced_as_pytorch_runs_them(tmp_path, model_type, head
         out = run("decoder_with_past_model", {"input_ids": token.numpy(), "encoder_attention_mask": mask.numpy(),
                                               **past})
         past.update({k.replace("present", "past_key_values"): v for k, v in out.items() if k.startswith("present")})
+
+
+def test_xlstm_mlstm_in_parallel_form_exports_every_length(tmp_path):
+    """transformers' xLSTM backend runs sequences shorter than its chunk size one token at a time in
+    a Python loop and picks its kernels in Python on the length: traced, the graph unrolled the
+    trace's 7 tokens per block and fixed the length (other lengths failed in ONNX Runtime). Patched,
+    the backend computes the same recurrence in its parallel form: PyTorch's logits at every length
+    (1 included) and PyTorch's last states from given initial states, the method back afterwards,
+    and a file of one set of nodes that ONNX Runtime runs at other lengths as PyTorch does, whose
+    no-cache generate gives PyTorch's greedy tokens."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    import modelexport
+    from modelexport.testing.breadth import build_tiny
+
+    model = build_tiny("xlstm", "xLSTMForCausalLM", "text-generation", tmp_path / "model")
+    backend = model.backbone.blocks[0].mlstm_layer.mlstm_backend
+    forward = type(backend).__dict__["forward"]
+    torch.manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (2, 13))
+    lengths = (1, 3, 7, 13)
+    # the backend alone, from initial states, with gates large enough to move the stabiliser
+    heads, qk, v = 4, 5, 6
+    states = (torch.randn(2, heads, qk, v), torch.randn(2, heads, qk), 3 * torch.randn(2, heads, 1))
+    backend_inputs = {n: (torch.randn(2, heads, n, qk), torch.randn(2, heads, n, qk), torch.randn(2, heads, n, v),
+                          5 * torch.randn(2, heads, n), 5 * torch.randn(2, heads, n)) for n in (1, 9)}
+    with torch.no_grad():
+        expected = {n: model(input_ids=ids[:, :n], use_cache=False).logits for n in lengths}
+        expected_backend = {n: backend(*x, *states) for n, x in backend_inputs.items()}
+        with export_patches(model) as applied:
+            assert "mlstm-parallel-form" in {p.name for p in applied}
+            got = {n: model(input_ids=ids[:, :n], use_cache=False).logits for n in lengths}
+            got_backend = {n: backend(*x, *states) for n, x in backend_inputs.items()}
+    assert type(backend).__dict__["forward"] is forward
+    for n in lengths:
+        torch.testing.assert_close(got[n], expected[n], rtol=1e-5, atol=1e-5)
+    for n in backend_inputs:
+        for have, want in zip(_leaves(got_backend[n]), _leaves(expected_backend[n])):
+            torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
+
+    modelexport.export(tmp_path / "model", tmp_path / "out", exporter="generic")
+    meta = json.loads((tmp_path / "out" / "modelexport_metadata.json").read_text())
+    assert "mlstm-parallel-form" in {p["name"] for p in meta["generic"]["patches"]}
+    info = meta["files"]["model.onnx"]
+    assert info["validation"]["passed"] and not info["validation"]["not_checked"], info["validation"]
+    assert info["coverage"]["root_fallback"] == 0
+    assert info["nodes"] < 400  # two blocks of one parallel mLSTM each (unrolled: 718)
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for n in lengths:  # the trace's length is 7
+        logits = session.run(["logits"], {"input_ids": ids[:, :n].numpy()})[0]
+        np.testing.assert_allclose(logits, expected[n].numpy(), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # without the cache: transformers' cache has other widths on a tiny model
+        tokens = model.generate(input_ids=ids[:, :7], max_new_tokens=6, do_sample=False, use_cache=False)
+    generated = modelexport.load(tmp_path / "out").generate(ids[:, :7].numpy(), None, max_new_tokens=6,
+                                                            do_sample=False)
+    np.testing.assert_array_equal(np.asarray(generated), tokens.numpy())

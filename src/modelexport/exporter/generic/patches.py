@@ -90,6 +90,17 @@ Patches (each has a test that the patched forward returns what the original retu
   view chain of length 2, where view 1 was an as_strided() call"). The module's
   ``ngram_attention_bias`` is replaced during the export by the same values computed from
   comparisons of positions (transformers 5's own rewrite; its function is not matched).
+- ``mlstm-parallel-form``: xLSTM's mLSTM backend (transformers' native kernels, ``xLSTMBackend`` in
+  inference mode) runs a sequence shorter than 16 tokens (the tail after whole chunks of
+  ``chunk_size``) one token at a time in a Python loop (``mlstm_recurrent_sequence_native``), chunks
+  in another loop, and chooses between them in Python on the length: traced, the graph unrolls the
+  trace's length (one step kernel per token per layer) and fixes it (other lengths fail at run
+  time). During the export the backend computes the same recurrence in its parallel (quadratic)
+  form over the whole sequence: with cumulative log forget gates ``F``, the stabiliser
+  ``m_t = max(F_t + m_0, max_{s<=t} F_t - F_s + i_s)`` is the recurrence's own, and the outputs and
+  last states are the exp(... - m_t)-weighted sums the loop accumulates (the initial state decayed
+  by ``exp(F_t + m_0 - m_t)``): one set of nodes for every length, 1 included. Train modes are
+  left as they are.
 - ``no-traced-input-checks``: transformers 5 checks inputs with ``torch._check_tensor_all`` (e.g.
   that a vision-language model got as many image tokens as image features); traced, the check
   becomes ``aten._is_all_true``, which has no ONNX translation. transformers' own switch
@@ -100,6 +111,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import inspect
 import itertools
 import os
@@ -760,6 +772,78 @@ def _writes_ngram_bias_into_views(module) -> bool:
         return False
 
 
+def _kernel_name(function) -> str:
+    while isinstance(function, functools.partial):
+        function = function.func
+    return getattr(function, "__name__", "")
+
+
+_NATIVE_MLSTM = ("wrap_chunkwise_arbitrary_sequence_length", "mlstm_chunkwise_native_autograd",
+                 "mlstm_recurrent_sequence_native", "mlstm_recurrent_step_native")
+
+
+def _runs_native_mlstm_loops(module) -> bool:
+    """transformers' own xLSTM backend (not the ``xlstm`` package's) with its native kernels."""
+    function = getattr(module, "_inference_fn", None)
+    if type(module).__name__ != "xLSTMBackend" or not isinstance(function, functools.partial):
+        return False
+    kernels = tuple(function.keywords.get(k) for k in ("mlstm_chunkwise_kernel", "mlstm_sequence_kernel",
+                                                        "mlstm_step_kernel"))
+    return tuple(_kernel_name(f) for f in (function, *kernels)) == _NATIVE_MLSTM
+
+
+def mlstm_parallel(query, key, value, igate, fgate, c_initial=None, n_initial=None, m_initial=None,
+                   eps: float = 1e-6, dtype_state: torch.dtype = torch.float32):
+    """The mLSTM recurrence of ``mlstm_recurrent_step_native`` over a whole sequence at once:
+    (h [B, NH, S, DV], (C [B, NH, DQK, DV], n [B, NH, DQK], m [B, NH, 1])) as the step loop returns them."""
+    batch, heads, length, qk_dim = key.shape
+    v_dim = value.shape[-1]
+    q, k, v = (t.to(dtype_state) for t in (query, key, value))
+    if c_initial is None:
+        c_initial = torch.zeros((batch, heads, qk_dim, v_dim), dtype=dtype_state, device=key.device)
+        n_initial = torch.zeros((batch, heads, qk_dim), dtype=dtype_state, device=key.device)
+        m_initial = torch.zeros((batch, heads, 1), dtype=dtype_state, device=key.device)
+    c0, n0, m0 = (t.to(dtype_state) for t in (c_initial, n_initial, m_initial))
+    log_f = torch.cumsum(F.logsigmoid(fgate.to(dtype_state)), dim=-1)  # F_t, [B, NH, S]
+    # log weight of token s in the state after token t: F_t - F_s + i_s (s <= t); of the initial state: F_t + m_0
+    weights = log_f[..., :, None] - log_f[..., None, :] + igate.to(dtype_state)[..., None, :]
+    positions = torch.arange(length, device=key.device)
+    weights = weights.masked_fill(positions[:, None] < positions[None, :], float("-inf"))
+    initial = log_f + m0
+    m = torch.maximum(initial, weights.amax(dim=-1))  # the recurrence's max(f + m_{t-1}, i_t), unrolled
+    weights = torch.exp(weights - m[..., None])
+    initial = torch.exp(initial - m)
+    q = q * qk_dim ** -0.5
+    scores = (q @ k.transpose(-2, -1)) * weights
+    numerator = scores @ v + initial[..., None] * (q @ c0)
+    qn = scores.sum(dim=-1) + initial * (q @ n0[..., None]).squeeze(-1)
+    h = numerator / (torch.maximum(qn.abs(), torch.exp(-m)) + eps)[..., None]
+    last, last_initial = weights[..., -1, :, None], initial[..., -1, None]  # the state after the last token
+    c = last_initial[..., None] * c0 + (k * last).transpose(-2, -1) @ v
+    n = last_initial * n0 + (k * last).sum(dim=-2)
+    return h.to(query.dtype), (c, n, m[..., -1:])
+
+
+def mlstm_parallel_forward(original):
+    """``xLSTMBackend.forward`` with the inference mode's kernels (the chunk loop, the token loop,
+    the step) replaced by ``mlstm_parallel``; train modes run the original."""
+
+    def forward(self, query, key, value, igate, fgate, c_initial=None, n_initial=None, m_initial=None,
+                return_last_states=False, mode=None):
+        chosen = self.config.mode if mode is None else mode
+        if "train" in chosen or "inference" not in chosen:
+            return original(self, query, key, value, igate, fgate, c_initial=c_initial, n_initial=n_initial,
+                            m_initial=m_initial, return_last_states=return_last_states, mode=mode)
+        settings = self._inference_fn.keywords
+        step = settings["mlstm_step_kernel"]
+        dtype_state = step.keywords.get("dtype_state", torch.float32) if isinstance(step, functools.partial) \
+            else torch.float32
+        return mlstm_parallel(query, key, value, igate, fgate, c_initial, n_initial, m_initial,
+                              eps=settings.get("eps", 1e-6), dtype_state=dtype_state)
+
+    return forward
+
+
 @dataclass(frozen=True)
 class Patch:
     name: str
@@ -822,6 +906,9 @@ PATCHES = (
     Patch("position-buckets", "vision position buckets from a float arange (a float32 Range of another length in "
           "ONNX) and bucketize: PyTorch's boundaries as a constant, counted per coordinate, all images at once",
           _buckets_positions, position_buckets_forward, derived=True),
+    Patch("mlstm-parallel-form", "mLSTM run token by token in a Python loop (the graph unrolls the trace's length "
+          "and fixes it): the same recurrence in its parallel form over the whole sequence",
+          _runs_native_mlstm_loops, mlstm_parallel_forward, derived=True),
     Patch("real-rotary", "rotary frequencies as complex numbers (torch.polar; ONNX has no complex type): the same "
           "products in real arithmetic", _complex_rotary, real_rotary_forward,
           functions=(("apply_rotary_emb", real_apply_rotary_emb),)),
