@@ -584,3 +584,71 @@ def test_xlstm_mlstm_in_parallel_form_exports_every_length(tmp_path):
     generated = modelexport.load(tmp_path / "out").generate(ids[:, :7].numpy(), None, max_new_tokens=6,
                                                             do_sample=False)
     np.testing.assert_array_equal(np.asarray(generated), tokens.numpy())
+
+
+def _udop_inputs(config, batch=2, tokens=7):
+    """Integer boxes (as the export's example: the graph takes int64) of 0 and 1, whose centres fall
+    on 3 x 3 patches: the first image's tokens all on one patch, the second's on several. The images
+    keep other numbers of uncovered patches than the trace's example."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, config.vocab_size, (batch, tokens), generator=generator)
+    bbox = torch.randint(0, 2, (batch, tokens, 4), generator=generator)
+    bbox[0] = torch.tensor([0, 1, 1, 1])
+    side = config.image_size
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "bbox": bbox,
+            "pixel_values": torch.randn(batch, config.num_channels, side, side, generator=generator),
+            "decoder_input_ids": torch.randint(5, config.vocab_size, (batch, 3), generator=generator)}
+
+
+def test_udop_uncovered_patches_gathered_equal_the_models():
+    """UDOP keeps the image patches no token's box centre falls on by boolean indexing (``rows, cols =
+    zip(*ind)``: a tensor made of traced tensors, "data is not allocated yet" under torch.export)
+    and pads them to a fixed length; the gathered replacement gives the same tensors bit for bit,
+    for every ``max_len`` (padded, truncated)."""
+    from transformers.models.udop import modeling_udop
+
+    from modelexport.exporter.generic.patches import uncovered_patches_gathered
+
+    original = modeling_udop.combine_image_text_embeddings
+    replaced = uncovered_patches_gathered(original)
+    generator = torch.Generator().manual_seed(0)
+    for tokens in (1, 5, 40):
+        images, embeds = torch.randn(3, 196, 8, generator=generator), torch.randn(3, tokens, 8, generator=generator)
+        bbox = torch.rand(3, tokens, 4, generator=generator)
+        bbox[0, :] = bbox[0, 0]  # every token of the first image on one patch
+        bbox[1, 0] = 1.0
+        mask = torch.randint(0, 2, (3, tokens), generator=generator)
+        for max_len in (0, tokens + 10, tokens + 250):
+            want = original(images, embeds.clone(), bbox, None, mask, 14, max_len, 224, 16)
+            got = replaced(images, embeds.clone(), bbox, None, mask, 14, max_len, 224, 16)
+            for w, g in zip(want, got):
+                assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+def test_udop_exports_and_runs_as_pytorch_with_other_boxes(tmp_path):
+    """UDOP's export failed in torch.export ("The tensor has a non-zero number of elements, but its
+    data is not allocated yet"); patched, it exports, and ONNX Runtime gives PyTorch's logits for
+    boxes that leave each image a different number of uncovered patches than the trace's."""
+    import inspect
+    import json
+
+    import onnxruntime as ort
+    from transformers.models.udop import modeling_udop
+
+    import modelexport
+    from modelexport.testing.breadth import build_tiny
+
+    model = build_tiny("udop", "UdopForConditionalGeneration", "image-text-to-text", tmp_path / "model")
+    modelexport.export(tmp_path / "model", tmp_path / "out", exporter="generic")
+    meta = json.loads((tmp_path / "out" / "modelexport_metadata.json").read_text())
+    assert "uncovered-patches-gathered" in {p["name"] for p in meta["generic"]["patches"]}
+    assert all(f["validation"]["passed"] for f in meta["files"].values())
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = _udop_inputs(model.config)
+    with torch.no_grad():
+        expected = model(**inputs, use_cache=False).logits
+    got = session.run(["logits"], {i.name: inputs[i.name].numpy() for i in session.get_inputs()})[0]
+    np_expected = expected.numpy()
+    assert got.shape == np_expected.shape
+    assert abs(got - np_expected).max() <= 1e-4 * (1 + abs(np_expected).max())
+    assert "zip(*ind)" in inspect.getsource(modeling_udop.combine_image_text_embeddings)  # put back

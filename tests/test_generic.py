@@ -536,3 +536,27 @@ def test_a_seq2seq_head_without_an_encoder_decoder_split_is_exported_without_the
     _assert_tags_are_the_parameters_owners(model, tmp_path / "out", result)
     with pytest.raises(ModelExportError, match="export it with --task text2text-generation$"):
         modelexport.export(str(tmp_path / "model"), tmp_path / "out2", task="text2text-generation-with-past")
+
+
+def test_modules_kept_in_a_list_with_weights_never_loaded_are_refused_before_the_trace(tmp_path):
+    """transformers 4.57's Mask2Former keeps its input projections (1x1 convolutions, when the
+    feature size is not the hidden size) in a Python list: not registered, not saved, and left on
+    the meta device by ``from_pretrained`` (PyTorch's CPU convolution then reads uninitialised
+    memory). The trace used to fail deep in onnxscript's optimizer ("Cannot copy out of meta
+    tensor"); the export now says which modules, before tracing. Built in memory, the same model has
+    real weights there and nothing is flagged."""
+    from transformers import Mask2FormerModel
+
+    from modelexport.errors import ModelExportError
+    from modelexport.exporter.generic.export import weights_never_loaded
+    from modelexport.testing.breadth import build_tiny
+
+    model = build_tiny("mask2former", "Mask2FormerModel", "feature-extraction", tmp_path / "model")
+    assert weights_never_loaded(model) == []
+    if isinstance(model.transformer_module.input_projections, torch.nn.ModuleList):
+        pytest.skip("this transformers registers Mask2Former's input projections (transformers 5): saved, loaded")
+    assert model.config.feature_size != model.config.hidden_dim  # the projections are convolutions
+    loaded = Mask2FormerModel.from_pretrained(tmp_path / "model")
+    assert weights_never_loaded(loaded) == [f"transformer_module.input_projections[{i}]" for i in range(3)]
+    with pytest.raises(ModelExportError, match=r"weights never loaded in transformer_module\.input_projections\[0\]"):
+        modelexport.export(tmp_path / "model", tmp_path / "out", exporter="generic")

@@ -11,6 +11,7 @@ Layouts are Optimum's, so the same folder loads in its ORTModel classes:
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -396,11 +397,36 @@ class ExportedFileInfo:
     inputs: dict  # name -> {"shape", "dtype", "dynamic_axes"} of the example traced
 
 
+def weights_never_loaded(model) -> list[str]:
+    """Modules of ``model`` whose weights are still on the meta device. The modules a class keeps in
+    a plain Python list, tuple or dict (not registered, so neither in its state dict nor in the
+    checkpoint) and built under ``from_pretrained``'s empty-weights initialisation are never
+    materialised (transformers 4.57's ``Mask2FormerTransformerModule.input_projections`` when the
+    feature size is not the hidden size). PyTorch's CPU kernels then read uninitialised memory:
+    the model computes nothing that can be exported or checked."""
+    found = []
+    for name, module in model.named_modules():
+        for attribute, value in vars(module).items():
+            if attribute.startswith("_") or not isinstance(value, (list, tuple, dict)):
+                continue
+            for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
+                if isinstance(item, torch.nn.Module) and \
+                        any(t.is_meta for t in itertools.chain(item.parameters(), item.buffers())):
+                    found.append(f"{name or type(module).__name__}.{attribute}[{key!r}]")
+    return found
+
+
 def trace_files(plan: Plan, model, staging: Path, opset: int) -> tuple[list[ExportedFileInfo], list[dict]]:
     """torch.export each planned file into ``staging``, with the export patches the model needs."""
     from modelexport.exporter.dynamo_trace import export_dynamo
     from modelexport.exporter.generic.patches import export_patches
 
+    unloaded = weights_never_loaded(model)
+    if unloaded:
+        raise ModelExportError(
+            f"{type(model).__name__}: weights never loaded in {', '.join(unloaded[:3])}"
+            f"{f' and {len(unloaded) - 3} more' if len(unloaded) > 3 else ''}: modules kept in a Python list, tuple or dict (not registered, so "
+            f"not in the checkpoint) left on the meta device; PyTorch computes them from uninitialised memory")
     infos = []
     with export_patches(model) as applied, torch.no_grad():
         for planned in plan.files:

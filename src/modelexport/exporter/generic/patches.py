@@ -101,6 +101,13 @@ Patches (each has a test that the patched forward returns what the original retu
   last states are the exp(... - m_t)-weighted sums the loop accumulates (the initial state decayed
   by ``exp(F_t + m_0 - m_t)``): one set of nodes for every length, 1 included. Train modes are
   left as they are.
+- ``uncovered-patches-gathered``: UDOP (transformers 4.57 and 5) appends to the text the image patches
+  that no token's box centre falls on: ``patch_inds[rows, cols] = False`` with ``rows, cols =
+  zip(*ind)`` (a tensor built from traced 0-d tensors: "The tensor has a non-zero number of elements,
+  but its data is not allocated yet"), then ``x[patch_inds[i]]`` per image (a length that depends on
+  the boxes) padded with zeros to ``max_len``. During the export the module's
+  ``combine_image_text_embeddings`` scatters the mask and gathers the j-th kept patch into slot j
+  (zeros after the last): the same tensors bit for bit, with static shapes.
 - ``no-traced-input-checks``: transformers 5 checks inputs with ``torch._check_tensor_all`` (e.g.
   that a vision-language model got as many image tokens as image features); traced, the check
   becomes ``aten._is_all_true``, which has no ONNX translation. transformers' own switch
@@ -844,6 +851,66 @@ def mlstm_parallel_forward(original):
     return forward
 
 
+def uncovered_patches_gathered(original):
+    """UDOP's ``combine_image_text_embeddings`` with the image patches that no token's box centre
+    falls on kept at fixed positions: the same rows, in the same order, padded with zeros to the same
+    length (``max_len``), gathered instead of boolean-indexed (see ``uncovered-patches-gathered``)."""
+    get_visual_bbox = original.__globals__["get_visual_bbox"]
+
+    def combine_image_text_embeddings(image_embeddings, inputs_embeds, bbox, visual_bbox, attention_mask=None,
+                                      num_patches=14, max_len=0, image_size=224, patch_size=16):
+        sequence_length = num_patches
+        ocr_points_x = torch.clip(
+            torch.floor((bbox[:, :, 0] + bbox[:, :, 2]) / 2.0 * sequence_length).long(), 0, sequence_length - 1)
+        ocr_points_y = torch.clip(
+            torch.floor((bbox[:, :, 1] + bbox[:, :, 3]) / 2.0 * sequence_length).long(), 0, sequence_length - 1
+        ) * sequence_length
+        ocr_points = ocr_points_x + ocr_points_y
+        bbox = bbox.to(torch.float32 if bbox.device.type == "mps" else torch.float64)
+        target_seg = (bbox.mean(-1) == 0.0) | (bbox.mean(-1) == 1.0)
+        repeated_vision_embeds = torch.gather(
+            image_embeddings, 1, ocr_points.unsqueeze(-1).repeat(1, 1, image_embeddings.size(-1)))
+        inputs_embeds += torch.where(target_seg[..., None], torch.zeros_like(repeated_vision_embeds),
+                                     repeated_vision_embeds)
+        # patches no token points at (``patch_inds[rows, cols] = False``)
+        kept = torch.ones_like(image_embeddings[:, :, 0], dtype=torch.bool).scatter(
+            1, ocr_points, torch.zeros_like(ocr_points, dtype=torch.bool))
+        if visual_bbox is None:
+            visual_bbox = get_visual_bbox(image_size=image_size, patch_size=patch_size)
+            visual_bbox = visual_bbox.unsqueeze(0).repeat(image_embeddings.size(0), 1, 1)
+            visual_bbox = visual_bbox.to(image_embeddings.device)
+        max_len = image_embeddings.size(1) if max_len == 0 else max_len - inputs_embeds.size(1)
+        # slot j takes the j-th kept patch (``pad_sequence`` of ``x[kept]``: kept rows first, zeros after)
+        rank = torch.cumsum(kept.long(), dim=1) - 1
+        slots = torch.arange(max_len, device=kept.device)
+        source = ((rank[:, None, :] == slots[None, :, None]) & kept[:, None, :]).long().argmax(dim=-1)
+        filled = slots[None, :] < kept.long().sum(dim=1, keepdim=True)
+
+        def gathered(values):
+            rows = torch.gather(values, 1, source[..., None].expand(-1, -1, values.size(-1)))
+            return torch.where(filled[..., None], rows, torch.zeros_like(rows))
+
+        inputs_embeds = torch.cat([inputs_embeds, gathered(image_embeddings)], 1)
+        bbox = torch.cat([bbox, gathered(visual_bbox)], 1)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, filled.to(attention_mask.dtype)], 1)
+        return inputs_embeds, bbox, attention_mask
+
+    return combine_image_text_embeddings
+
+
+def _indexes_uncovered_patches(module) -> bool:
+    """UDOP's encoder stack (transformers 4.57 and 5), whose module's ``combine_image_text_embeddings``
+    keeps the uncovered patches by boolean indexing (``rows, cols = zip(*ind)``)."""
+    function = getattr(sys.modules.get(type(module).__module__), "combine_image_text_embeddings", None)
+    if function is None or "combine_image_text_embeddings" not in _own_source(type(module), "forward"):
+        return False
+    try:
+        return "zip(*ind)" in inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+
+
 @dataclass(frozen=True)
 class Patch:
     name: str
@@ -903,6 +970,10 @@ PATCHES = (
           "an as_strided view: torch.compile cannot functionalize it): the same values from position comparisons",
           _writes_ngram_bias_into_views, lambda original: original, derived=True,
           functions=(("ngram_attention_bias", lambda original: ngram_attention_bias),)),
+    Patch("uncovered-patches-gathered", "image patches kept by boolean indexing (rows, cols = zip(*ind): a tensor "
+          "made of traced tensors; lengths that depend on the boxes) and padded to a fixed length: the same rows "
+          "gathered to fixed positions", _indexes_uncovered_patches, lambda original: original, derived=True,
+          functions=(("combine_image_text_embeddings", uncovered_patches_gathered),)),
     Patch("position-buckets", "vision position buckets from a float arange (a float32 Range of another length in "
           "ONNX) and bucketize: PyTorch's boundaries as a constant, counted per coordinate, all images at once",
           _buckets_positions, position_buckets_forward, derived=True),
