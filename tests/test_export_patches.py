@@ -652,3 +652,22 @@ def test_udop_exports_and_runs_as_pytorch_with_other_boxes(tmp_path):
     assert got.shape == np_expected.shape
     assert abs(got - np_expected).max() <= 1e-4 * (1 + abs(np_expected).max())
     assert "zip(*ind)" in inspect.getsource(modeling_udop.combine_image_text_embeddings)  # put back
+
+
+def test_dense_experts_add_an_expert_picked_twice():
+    """DeepSeek-V4's hash router picks experts from a table (``tid2eid``; zeros on a fresh model): a
+    token can get the same expert twice, and the eager loop adds both picks. The dense replacement
+    scattered the weights (the second pick overwrote the first: the breadth row's logits were 0.027
+    off at the traced shape); it adds them."""
+    from modelexport.exporter.generic.patches import dense_experts_forward
+    from modelexport.testing.breadth import build_tiny
+
+    model = build_tiny("deepseek_v4", "DeepseekV4ForCausalLM", "text-generation").eval()
+    experts = model.model.layers[0].mlp.experts
+    torch.manual_seed(0)
+    hidden = torch.randn(5, model.config.hidden_size)
+    picks = torch.tensor([[0, 0], [1, 2], [3, 3], [4, 5], [0, 7]])
+    weights = torch.rand(5, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(dense_experts_forward(experts, hidden, picks, weights),
+                                   experts(hidden, picks, weights), rtol=1e-5, atol=1e-6)

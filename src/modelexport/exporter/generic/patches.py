@@ -171,8 +171,10 @@ def dense_experts_forward(self, hidden_states, top_k_index, top_k_weights):
     if getattr(self, "has_post_expert_norm", False):
         projected = self.post_expert_norm(projected)
     # one column more for expert-parallel sentinel ids (== num_experts), as the eager path's one_hot
+    # added, not written: an expert picked twice for a token (DeepSeek-V4's hash routing from a table)
+    # counts twice in the eager loop
     dense_weights = torch.zeros(num_tokens, num_experts + 1, dtype=top_k_weights.dtype,
-                                device=hidden_states.device).scatter(1, top_k_index, top_k_weights)[:, :num_experts]
+                                device=hidden_states.device).scatter_add(1, top_k_index, top_k_weights)[:, :num_experts]
     return (projected * dense_weights.transpose(0, 1).unsqueeze(-1)).sum(dim=0).to(hidden_states.dtype)
 
 
