@@ -364,3 +364,32 @@ def test_a_number_minus_an_integer_tensor_exports_and_keeps_its_module(tmp_path)
         np.testing.assert_allclose(got, model(xx, m).detach().numpy(), atol=1e-6)
     tags = [t for t in read_tags(str(tmp_path / "m.onnx")) if t.op_type == "Neg"]
     assert [t.module_path for t in tags] == ["masker"]
+
+
+class _WindowedBranch(torch.nn.Module):
+    """Code that branches on the length, as DeepSeek-V4's compressors do on whole windows of 4:
+    torch.export keeps the length symbolic but valid only for 4 to 8 when traced at 7."""
+
+    def forward(self, x):
+        if 3 < x.shape[1] < 9:
+            return x * 2
+        return x + 1
+
+
+def test_an_axis_the_trace_narrows_is_a_warning_and_true(tmp_path):
+    from modelexport.exporter.dynamo_trace import export_dynamo
+
+    warnings = export_dynamo(_WindowedBranch().eval(), (torch.rand(2, 7),), None, tmp_path / "m.onnx",
+                             input_names=["x"], dynamic_axes={"x": {0: "batch_size", 1: "sequence_length"}},
+                             opset=18)
+    assert warnings == ["axis 1 (sequence_length) of input x takes only sizes 4 to 8: the model's code branches on "
+                        "it (declared dynamic; at other sizes the file fails or is not what PyTorch computes)"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for length in (4, 8):  # inside the range: the file computes what PyTorch computes
+        x = torch.rand(3, length)
+        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], _WindowedBranch()(x).numpy())
+    x = torch.rand(3, 11)  # outside it, the traced branch is not PyTorch's: what the warning says
+    assert not np.allclose(session.run(None, {"x": x.numpy()})[0], _WindowedBranch()(x).numpy())
+    plain = export_dynamo(torch.nn.Linear(7, 3).eval(), (torch.rand(2, 7),), None, tmp_path / "l.onnx",
+                          input_names=["x"], dynamic_axes={"x": {0: "batch_size"}}, opset=18)
+    assert plain == []  # torch.export's own lower bound (2) is not the model's

@@ -219,6 +219,7 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
     # Weights inside the file below protobuf's 2 GiB limit, as the TorchScript exporter writes them.
     # Optimum's own switch for external data at any size (its TorchScript path honours it too).
     forced = os.environ.get("FORCE_ONNX_EXTERNAL_DATA", "0") == "1"
+    ranges = _input_ranges(program)
     model = _in_memory(program) if not forced else None
     data_files: set[str] = set()
     if model is None:  # above protobuf's 2 GiB, or asked for: through the files torch writes
@@ -234,6 +235,7 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
         del program
     if not data_files:
         FOLDED_PARAMETERS[str(Path(path).resolve())] = folded_parameters(module, model)
+    narrowed = narrowed_axes(model, ranges, dynamic_axes)
     _, fixed = name_axes(model, input_names, output_names, dynamic_axes)
     pin_fixed_axes(model, fixed_by_code)
     # The exporter's notes on graph inputs and outputs (torch.export's input kinds, FX names):
@@ -249,7 +251,60 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
             (path.parent / name).unlink(missing_ok=True)
     else:
         onnx.save(model, str(path))
-    return [sentence for *_, sentence in fixed_by_code] + fixed
+    return [sentence for *_, sentence in fixed_by_code] + fixed + narrowed
+
+
+def _input_ranges(program) -> list[dict[int, tuple[int, int | None]]]:
+    """Per user input of the exported program (the ONNX graph's inputs, in order): axis -> torch.export's
+    range of its symbolic size (lower, upper; None: unbounded above). Empty where the program does
+    not say."""
+    import torch
+    from torch.export.graph_signature import InputKind
+    from torch.utils._sympy.numbers import int_oo
+
+    try:
+        exported = program.exported_program
+        constraints = {str(k): v for k, v in exported.range_constraints.items()}
+        users = {spec.arg.name for spec in exported.graph_signature.input_specs if spec.kind == InputKind.USER_INPUT}
+    except AttributeError:
+        return []
+    found = []
+    for node in exported.graph.nodes:
+        if node.op != "placeholder" or node.name not in users:
+            continue
+        value, axes = node.meta.get("val"), {}
+        for axis, size in enumerate(getattr(value, "shape", ())):
+            bounds = constraints.get(str(size.node.expr)) if isinstance(size, torch.SymInt) else None
+            if bounds is None:
+                continue
+            try:
+                upper = None if bounds.upper == int_oo or bounds.upper.is_infinite else int(bounds.upper)
+                axes[axis] = (int(bounds.lower), upper)
+            except (TypeError, ValueError, AttributeError):  # a bound torch.export left symbolic
+                continue
+        found.append(axes)
+    return found
+
+
+def narrowed_axes(model, ranges: list[dict[int, tuple[int, int | None]]], dynamic_axes: dict | None) -> list[str]:
+    """Declared dynamic input axes the trace kept symbolic but valid only for some sizes: the
+    model's code branches on the size (DeepSeek-V4's compressors on whole windows: sequence length
+    4 to 7 when traced at 7), and torch.export narrows the symbol's range instead of fixing it. The
+    file then fails in the middle of the graph outside that range; said as a warning per axis. A
+    lower bound of 2 or less is torch.export's own (sizes 0 and 1 specialise), not the model's."""
+    if not dynamic_axes or len(ranges) != len(model.graph.input):
+        return []
+    found = []
+    for value, axes_ranges in zip(model.graph.input, ranges):
+        declared = dynamic_axes.get(value.name) or {}
+        for axis, (lower, upper) in axes_ranges.items():
+            if not isinstance(declared, dict) or axis not in declared or (lower <= 2 and upper is None):
+                continue
+            sizes = f"{lower} to {upper}" if upper is not None else f"{lower} or more"
+            found.append(f"axis {axis} ({declared[axis]}) of input {value.name} takes only sizes {sizes}: the "
+                         "model's code branches on it (declared dynamic; at other sizes the file fails or is not "
+                         "what PyTorch computes)")
+    return found
 
 
 # Written file -> {initializer: parameter} (see ``folded_parameters``), for the tagging pass of
