@@ -68,6 +68,12 @@ class _File:
         return dict(zip(self.output_names, self.session.run(None, arrays)))
 
 
+def _past_axis(dims) -> int:
+    """The axis of a past input its length runs along: the one whose symbolic name says past
+    (``past_sequence_length``), else Optimum's axis 2 of ``[batch, heads, past, head_dim]``."""
+    return next((a for a, d in enumerate(dims) if isinstance(d, str) and "past" in d.lower()), 2)
+
+
 class ExportedModel:
     """An exported folder, ready to run: see the module's docstring."""
 
@@ -194,14 +200,17 @@ class ExportedModel:
         batch = next(iter(feed.values())).shape[0] if feed else 1
         past_length = 0
         for name, spec in specs.items():
-            if name.startswith("past_key_values.") and name not in feed:
-                heads, head_dim = spec.shape[1], spec.shape[3]
-                if not isinstance(heads, int) or not isinstance(head_dim, int):
+            if not name.startswith("past_key_values."):
+                continue
+            axis = _past_axis(spec.shape)  # 2 for keys / values, 1 for an indexer's keys
+            if name not in feed:
+                shape = [0 if a == axis else batch if a == 0 else d for a, d in enumerate(spec.shape)]
+                if not all(isinstance(d, int) for d in shape):
                     raise ModelExportError(f"{name} has no fixed head count / head size in {f.path.name}: give the "
                                            "past yourself")
-                feed[name] = np.zeros((batch, heads, 0, head_dim), np.float32)
-            elif name.startswith("past_key_values.") and ".encoder." not in name:
-                past_length = feed[name].shape[2]
+                feed[name] = np.zeros(shape, np.float32)
+            elif ".encoder." not in name:
+                past_length = feed[name].shape[axis]
         if "attention_mask" in specs and "attention_mask" not in feed and "input_ids" in feed:
             feed["attention_mask"] = np.ones((batch, past_length + feed["input_ids"].shape[1]), np.int64)
         if "position_ids" in specs and "position_ids" not in feed and "attention_mask" in feed:

@@ -126,7 +126,7 @@ def load_source_model(meta, source: str | None):
     return load(model_source, trust_remote_code=False, task_given=True)
 
 
-_PAST = re.compile(r"past_key_values\.(\d+)\.(?:(decoder|encoder)\.)?(key|value)$")
+_PAST = re.compile(r"past_key_values\.(\d+)\.(?:(decoder|encoder)\.)?(key|value|indexer_key)$")
 
 
 def torch_inputs(model, library: str, feed: dict):
@@ -158,13 +158,14 @@ def torch_inputs(model, library: str, feed: dict):
         if argument not in accepted:
             raise ModelExportError("the ONNX file takes a past (past_key_values.*) that the PyTorch model's forward "
                                    "does not")
-        layers = sorted({k[0] for k in past})
-        if any(t.shape[-2] for t in past.values()):  # an empty past is no cache: the model starts one
+        layers = sorted({k[0] for k in past if k[2] != "indexer_key"})
+        if any(t.shape[-2] for k, t in past.items() if k[2] != "indexer_key"):  # an empty past is no cache: the model starts one
             if any(k[1] for k in past) or any((i, "", kv) not in past for i in layers for kv in ("key", "value")):
                 raise ModelExportError("a seq2seq past is not given to PyTorch here: --pytorch compares "
                                        "single-file exports")
             kwargs[argument] = filled_cache(model.config, [(past[(i, "", "key")], past[(i, "", "value")])
-                                                           for i in layers])
+                                                           for i in layers],
+                                            {k[0]: t for k, t in past.items() if k[2] == "indexer_key"})
         if "use_cache" in accepted:
             kwargs["use_cache"] = True
     return kwargs

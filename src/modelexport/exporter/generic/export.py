@@ -26,6 +26,9 @@ from modelexport.exporter.generic.wrappers import (
     Seq2SeqDecoder,
     Seq2SeqEncoder,
     cache_layers,
+    indexer_keys,
+    indexer_past_names,
+    indexer_present_names,
     past_names,
     present_names,
     returned_cache,
@@ -183,6 +186,10 @@ def plan_decoder_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
     layers = cache_layers(returned) if returned is not None else None
     if not layers or "logits" not in probe:
         return None
+    # DeepSeek-V3.2 / HunYuan-V4: the sparse-attention indexer's keys are cached too, grown along
+    # their axis 1 as the keys along axis 2; left out, a later step's indexer would see only the
+    # new tokens' keys against a mask of past + new ones
+    indexed = indexer_keys(returned)
     params = forward_parameters(model)
 
     def step(batch: int, sequence: int, past: int, seed: int) -> Example:
@@ -196,14 +203,17 @@ def plan_decoder_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
             inputs[name] = torch.randn(batch, key.shape[1], past, key.shape[3], generator=generator)
             inputs[name.replace(".key", ".value")] = torch.randn(batch, value.shape[1], past, value.shape[3],
                                                                  generator=generator)
+        for name, keys in zip(indexer_past_names(indexed), indexed.values()):
+            inputs[name] = torch.randn(batch, past, keys.shape[2], generator=generator)
         axes = {"input_ids": {0: "batch_size", 1: "sequence_length"},
                 "attention_mask": {0: "batch_size", 1: "past_sequence_length + sequence_length"},
                 "position_ids": {0: "batch_size", 1: "sequence_length"}}
         axes.update({name: {0: "batch_size", 2: "past_sequence_length"} for name in past_names(len(layers))})
+        axes.update({name: {0: "batch_size", 1: "past_sequence_length"} for name in indexer_past_names(indexed)})
         return Example(inputs, {k: v for k, v in axes.items() if k in inputs}, list(example.notes))
 
     example = step(2, 7, PAST, 0)
-    wrapper = DecoderWithCache(model, len(layers))
+    wrapper = DecoderWithCache(model, len(layers), indexed=tuple(indexed))
     first = step(2, 7, 0, 1)
     # a later step fed the past the model itself returned (random pasts are not what runs)
     with torch.no_grad():
@@ -213,15 +223,20 @@ def plan_decoder_with_past(model, task: str, pre: Preprocessors) -> Plan | None:
             return None
     later = step(2, 2, 7, 2)
     later.inputs["attention_mask"] = torch.ones(2, 9, dtype=torch.long)
-    later.inputs.update(dict(zip(past_names(len(layers)), presents)))
+    later.inputs.update(dict(zip(past_names(len(layers)) + indexer_past_names(indexed), presents)))
     if "position_ids" in later.inputs:
         later.inputs["position_ids"] = torch.arange(7, 9).expand(2, 2).contiguous()
     checks = [first, later]
     output_axes = {"logits": {0: "batch_size", 1: "sequence_length"}}
     output_axes.update({n: {0: "batch_size", 2: "past_sequence_length + sequence_length"}
                         for n in present_names(len(layers))})
+    output_axes.update({n: {0: "batch_size", 1: "past_sequence_length + sequence_length"}
+                        for n in indexer_present_names(indexed)})
     notes = list(example.notes) + [f"KV cache: {len(layers)} layers, past_key_values.N.key/value in, "
                                    "present.N.key/value out"]
+    if indexed:
+        notes.append(f"indexer key cache: {len(indexed)} layers, past_key_values.N.indexer_key in, "
+                     "present.N.indexer_key out ([batch_size, past_sequence_length, index_head_dim])")
     return Plan("decoder-with-past", task, [PlannedFile("model.onnx", wrapper, "", example, checks, output_axes)],
                 notes)
 

@@ -110,10 +110,26 @@ def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     return found
 
 
-def filled_cache(config, pairs):
+def indexer_keys(cache) -> dict[int, torch.Tensor]:
+    """The sparse-attention indexer's keys a cache holds besides its keys and values, by layer
+    (``DynamicIndexedLayer``: DeepSeek-V3.2, HunYuan-V4, ...; ``[batch, sequence, index_head_dim]``,
+    grown along axis 1). Layers without an indexer (or whose indexer is shared) hold none."""
+    found = {}
+    for i, layer in enumerate(getattr(cache, "layers", None) or ()):
+        keys = getattr(layer, "indexer_keys", None)
+        if getattr(layer, "is_indexer_initialized", False) and isinstance(keys, torch.Tensor) and keys.ndim == 3:
+            found[i] = keys
+    return found
+
+
+def filled_cache(config, pairs, indexed: dict[int, torch.Tensor] | None = None):
+    """A cache holding ``pairs`` (key, value per layer) and, for the layers of ``indexed``, the
+    indexer's keys (given back to the cache the way the model grows them: ``update_indexer``)."""
     cache = new_cache(config)
     for i, (key, value) in enumerate(pairs):
         cache.update(key, value, i)
+    for i, keys in (indexed or {}).items():
+        cache.update_indexer(keys, i)
     return cache
 
 
@@ -127,26 +143,41 @@ def present_names(layers: int, kind: str = "") -> list[str]:
     return [n.replace("past_key_values", "present") for n in past_names(layers, kind)]
 
 
+def indexer_past_names(indexed) -> list[str]:
+    """``past_key_values.N.indexer_key`` for the layers whose indexer keys are cached."""
+    return [f"past_key_values.{i}.indexer_key" for i in indexed]
+
+
+def indexer_present_names(indexed) -> list[str]:
+    return [n.replace("past_key_values", "present") for n in indexer_past_names(indexed)]
+
+
 class DecoderWithCache(torch.nn.Module):
     """A causal LM step: ``input_ids``, ``attention_mask`` (past + new), ``position_ids`` and the
     past keys/values of every layer in; ``logits`` and the new keys/values out. A past of length
     0 is the first step (Optimum's single-file decoder layout)."""
 
-    def __init__(self, model, layers: int, logits_name: str = "logits"):
+    def __init__(self, model, layers: int, logits_name: str = "logits", indexed: tuple[int, ...] = ()):
         super().__init__()
         self.model = model
         self.layers = layers
         self.logits_name = logits_name
-        self.output_names = [logits_name] + present_names(layers)
+        # layers whose sparse-attention indexer keys are cached too: past_key_values.N.indexer_key
+        # in, present.N.indexer_key out (after every layer's key and value)
+        self.indexed = tuple(indexed)
+        self.output_names = [logits_name] + present_names(layers) + indexer_present_names(self.indexed)
 
     def forward(self, inputs: dict):
         names = past_names(self.layers)
         pairs = [(inputs[names[2 * i]], inputs[names[2 * i + 1]]) for i in range(self.layers)]
+        indexed = {i: inputs[n] for i, n in zip(self.indexed, indexer_past_names(self.indexed))}
         kwargs = {k: v for k, v in inputs.items() if not k.startswith("past_key_values.")}
-        kwargs[cache_argument(self.model)] = filled_cache(self.model.config, pairs)
+        kwargs[cache_argument(self.model)] = filled_cache(self.model.config, pairs, indexed)
         out = self.model(**kwargs, use_cache=True)
-        layers = cache_layers(returned_cache(out))
-        return (out[self.logits_name], *[t for pair in layers for t in pair])
+        returned = returned_cache(out)
+        layers = cache_layers(returned)
+        grown = indexer_keys(returned)
+        return (out[self.logits_name], *[t for pair in layers for t in pair], *[grown[i] for i in self.indexed])
 
 
 class Seq2SeqEncoder(torch.nn.Module):

@@ -80,12 +80,15 @@ def ort_model_class_for_io(task: str, library: str, layout: str, folder, files: 
 
     if library == "sentence_transformers":
         return "ORTModelForCustomTasks"
-    if layout == "decoder-with-past":
-        return "ORTModelForCausalLM"
     if layout == "seq2seq-with-past":
         return "ORTModelForSpeechSeq2Seq" if task.startswith("automatic-speech-recognition") else "ORTModelForSeq2SeqLM"
     model = onnx.load(str(folder / files[0]), load_external_data=False)
     inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
+    if layout == "decoder-with-past":
+        # an indexer's cached keys (past_key_values.N.indexer_key) are no past Optimum feeds
+        cached = {n for n in inputs if n.startswith("past_key_values.")}
+        plain = all(n.endswith((".key", ".value")) and not n.endswith(".indexer_key") for n in cached)
+        return "ORTModelForCausalLM" if plain else "ORTModelForCustomTasks"
     outputs = {o.name for o in model.graph.output}
     entry = _BY_TASK.get(task.replace("-with-past", ""))
     if entry is not None and inputs <= entry[1] and entry[2] in outputs:
