@@ -162,38 +162,21 @@ def torchlib_registry_reused():
 
 
 @contextlib.contextmanager
-def number_minus_tensor_rewritten():
-    """Inside the block, ``torch.onnx.export(dynamo=True)`` can export ``1.0 - mask`` for an integer
-    ``mask`` (XLNet's and ProphetNet's attention masks). Decomposition turns it into
-    ``aten.sub.Tensor(1.0, mask)``, and torch.onnx's type-promotion pass then looks for a ``sub``
-    overload taking a number first, finds none and fails ("Cannot find a compatible OpOverload for
-    aten.sub"); ``rsub`` has no ONNX function either. Before that pass each such node becomes
-    ``add(neg(mask), 1.0)``: the same value, the same promotion to float."""
+def _fx_nodes_rewritten(rewrite):
+    """Inside the block, ``rewrite(graph, node) -> bool`` (True: it changed the node) runs on every
+    node of torch.onnx's FX graph just before its type-promotion pass, the last point where aten
+    ops can still be replaced by others the translation handles."""
     check_version("torch")
-    import numbers
-
-    import torch
     from torch.onnx._internal.exporter import _fx_passes
 
     original = _fx_passes.insert_type_promotion_nodes
-    sub, add, neg = torch.ops.aten.sub.Tensor, torch.ops.aten.add.Tensor, torch.ops.aten.neg.default
 
     def rewritten(graph_module):
         for module in graph_module.modules():
             graph = getattr(module, "graph", None)
             changed = False
             for node in list(graph.nodes) if graph is not None else ():
-                if not (node.op == "call_function" and node.target is sub and len(node.args) == 2
-                        and isinstance(node.args[0], numbers.Number) and not isinstance(node.args[0], bool)
-                        and isinstance(node.args[1], torch.fx.Node) and node.kwargs.get("alpha", 1) == 1):
-                    continue
-                number, tensor = node.args
-                with graph.inserting_before(node):
-                    negated = graph.call_function(neg, (tensor,))
-                # the subtraction's module stack (the tags), the operand's shape and dtype
-                negated.meta = {**node.meta, "val": tensor.meta.get("val")}
-                node.target, node.args, node.kwargs = add, (negated, number), {}
-                changed = True
+                changed |= bool(rewrite(graph, node))
             if changed:
                 module.recompile()
         return original(graph_module)
@@ -206,6 +189,37 @@ def number_minus_tensor_rewritten():
 
 
 @contextlib.contextmanager
+def number_minus_tensor_rewritten():
+    """Inside the block, ``torch.onnx.export(dynamo=True)`` can export ``1.0 - mask`` for an integer
+    ``mask`` (XLNet's and ProphetNet's attention masks). Decomposition turns it into
+    ``aten.sub.Tensor(1.0, mask)``, and torch.onnx's type-promotion pass then looks for a ``sub``
+    overload taking a number first, finds none and fails ("Cannot find a compatible OpOverload for
+    aten.sub"); ``rsub`` has no ONNX function either. Before that pass each such node becomes
+    ``add(neg(mask), 1.0)``: the same value, the same promotion to float."""
+    import numbers
+
+    import torch
+
+    sub, add, neg = torch.ops.aten.sub.Tensor, torch.ops.aten.add.Tensor, torch.ops.aten.neg.default
+
+    def rewrite(graph, node) -> bool:
+        if not (node.op == "call_function" and node.target is sub and len(node.args) == 2
+                and isinstance(node.args[0], numbers.Number) and not isinstance(node.args[0], bool)
+                and isinstance(node.args[1], torch.fx.Node) and node.kwargs.get("alpha", 1) == 1):
+            return False
+        number, tensor = node.args
+        with graph.inserting_before(node):
+            negated = graph.call_function(neg, (tensor,))
+        # the subtraction's module stack (the tags), the operand's shape and dtype
+        negated.meta = {**node.meta, "val": tensor.meta.get("val")}
+        node.target, node.args, node.kwargs = add, (negated, number), {}
+        return True
+
+    with _fx_nodes_rewritten(rewrite):
+        yield
+
+
+@contextlib.contextmanager
 def trilu_in_types_ort_runs():
     """Inside the block, ``torch.tril`` / ``torch.triu`` of a dtype ONNX Runtime's CPU Trilu kernel
     lacks (uint8, int8, int16, uint16, uint32, bfloat16; it has bool, int32, int64, float16, float,
@@ -213,43 +227,30 @@ def trilu_in_types_ort_runs():
     With a static shape the exporter folds such a mask into a constant; with a dynamic one
     (GPTSan's ``torch.tril(torch.ones((n, n), dtype=torch.uint8))``) ONNX Runtime refused the file
     ("Could not find an implementation for Trilu(14)")."""
-    check_version("torch")
     import torch
-    from torch.onnx._internal.exporter import _fx_passes
 
-    original = _fx_passes.insert_type_promotion_nodes
     wider = {torch.uint8: torch.int32, torch.int8: torch.int32, torch.int16: torch.int32,
              torch.uint16: torch.int32, torch.uint32: torch.int64, torch.bfloat16: torch.float32}
     targets = (torch.ops.aten.tril.default, torch.ops.aten.triu.default)
     cast = torch.ops.prims.convert_element_type.default
 
-    def rewritten(graph_module):
-        for module in graph_module.modules():
-            graph = getattr(module, "graph", None)
-            changed = False
-            for node in list(graph.nodes) if graph is not None else ():
-                value = node.meta.get("val") if node.op == "call_function" and node.target in targets else None
-                if not isinstance(value, torch.Tensor) or value.dtype not in wider:
-                    continue
-                to = wider[value.dtype]
-                with graph.inserting_before(node):
-                    widened = graph.call_function(cast, (node.args[0], to))
-                    trilu = graph.call_function(node.target, (widened, *node.args[1:]), dict(node.kwargs))
-                # the Trilu's module stack (the tags) on the new nodes, each one's shape and dtype
-                widened.meta = {**node.meta, "val": value.to(to)}
-                trilu.meta = {**node.meta, "val": value.to(to)}
-                # the node itself becomes the cast back: its name stays the one an output refers to
-                node.target, node.args, node.kwargs = cast, (trilu, value.dtype), {}
-                changed = True
-            if changed:
-                module.recompile()
-        return original(graph_module)
+    def rewrite(graph, node) -> bool:
+        value = node.meta.get("val") if node.op == "call_function" and node.target in targets else None
+        if not isinstance(value, torch.Tensor) or value.dtype not in wider:
+            return False
+        to = wider[value.dtype]
+        with graph.inserting_before(node):
+            widened = graph.call_function(cast, (node.args[0], to))
+            trilu = graph.call_function(node.target, (widened, *node.args[1:]), dict(node.kwargs))
+        # the Trilu's module stack (the tags) on the new nodes, each one's shape and dtype
+        widened.meta = {**node.meta, "val": value.to(to)}
+        trilu.meta = {**node.meta, "val": value.to(to)}
+        # the node itself becomes the cast back: its name stays the one an output refers to
+        node.target, node.args, node.kwargs = cast, (trilu, value.dtype), {}
+        return True
 
-    _fx_passes.insert_type_promotion_nodes = rewritten
-    try:
+    with _fx_nodes_rewritten(rewrite):
         yield
-    finally:
-        _fx_passes.insert_type_promotion_nodes = original
 
 
 @contextlib.contextmanager
