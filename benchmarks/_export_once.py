@@ -13,6 +13,36 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 
+def torch_stages() -> dict:
+    """Seconds torch.onnx (dynamo) spends in each of its stages during the timed export, by timing
+    its own functions: the graph capture (``torch.export.export``, every strategy attempt), the
+    decompositions (``_prepare_exported_program_for_export``), the translation to ONNX
+    (``_exported_program_to_onnx_program``) and the onnxscript optimizer (``ONNXProgram.optimize``).
+    Wrapping costs a function call per stage."""
+    import torch
+    from torch.onnx._internal.exporter import _core, _onnx_program
+
+    stages: dict = {}
+
+    def timed(owner, name: str, stage: str):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - start
+
+        setattr(owner, name, wrapper)
+
+    timed(torch.export, "export", "capture (torch.export)")
+    timed(_core, "_prepare_exported_program_for_export", "decompositions")
+    timed(_core, "_exported_program_to_onnx_program", "translation to ONNX")
+    timed(_onnx_program.ONNXProgram, "optimize", "onnxscript optimizer")
+    return stages
+
+
 def main() -> None:
     tool, model, out, task = sys.argv[1:5]
     import logging
@@ -38,11 +68,14 @@ def main() -> None:
         import modelexport
 
         exporter = "dynamo" if "dynamo" in tool else "generic" if "generic" in tool else "torchscript"
+        stages = torch_stages() if exporter != "torchscript" else None
         start = time.perf_counter()
         result = modelexport.export(model, out, task=task, exporter=exporter,
                                     keep_source_info=tool.endswith("-source"))
         seconds = time.perf_counter() - start
         phases = result.timings
+        if stages is not None:
+            phases = {**phases, "torch_stages": stages}
     elif tool == "dynamo":
         # torch.onnx.export(dynamo=True) on the plain transformers model, for reference: no
         # Optimum config, no tags, no folder.

@@ -50,6 +50,7 @@ def run_case(name: str, reps: int, tmp: Path) -> dict:
     run_once("modelexport-dynamo-source", model, task, source)
     result = {"label": label, "task": task, "reps": reps, "export_seconds": seconds,
               "export_phase_seconds": {p: [ph.get("export", 0.0) for ph in phases[p]] for p in PATHS},
+              "torch_stage_seconds": [ph.get("torch_stages", {}) for ph in phases["dynamo"]],
               "nodes": {p: nodes_of(kept[p]) for p in PATHS},
               "onnx_bytes": {**{p: onnx_bytes(kept[p]) for p in PATHS}, "dynamo_keep_source_info": onnx_bytes(source)},
               "optimized": {}, "ort_latency_ms": {}}
@@ -90,6 +91,17 @@ def table(results: list[dict], m: dict) -> str:
             f"**{med(t['dynamo']) / med(t['torchscript']):.2f}** | {n['torchscript']} / {n['dynamo']} | "
             f"{b['torchscript']:,} / {b['dynamo']:,} | +{cost:,} B ({100 * cost / b['dynamo']:.2f} %, "
             f"{cost / n['dynamo']:.0f} B/node) |")
+    stages = ["capture (torch.export)", "decompositions", "translation to ONNX", "onnxscript optimizer"]
+    lines += ["", "Where the dynamo path's time goes (torch.onnx's own functions timed inside the same exports; "
+              "medians, seconds, and each as a multiple of the whole TorchScript export):", "",
+              "| case | " + " | ".join(stages) + " | rest of modelexport | **dynamo total / TorchScript total** |",
+              "|---|" + "---|" * (len(stages) + 2)]
+    for r in results:
+        ts = med(r["export_seconds"]["torchscript"])
+        per = {s: med([run.get(s, 0.0) for run in r["torch_stage_seconds"]]) for s in stages}
+        rest = med(r["export_seconds"]["dynamo"]) - sum(per.values())
+        lines.append(f"| {r['label']} | " + " | ".join(f"{per[s]:.3f} ({per[s] / ts:.2f}×)" for s in stages)
+                     + f" | {rest:.3f} ({rest / ts:.2f}×) | **{med(r['export_seconds']['dynamo']) / ts:.2f}** |")
     lines += ["", "| case | path | ORT ms | after `optimize` O2: ORT ms | nodes after O2 | fused ops |",
               "|---|---|---|---|---|---|"]
     for r in results:
