@@ -297,7 +297,7 @@ def _resolve_and_load(model, task, library, trust_remote_code, exporter, opset):
         from modelexport.exporter.generic import source as generic_source
 
         source, config = generic_source.resolve(str(model), task, library, trust_remote_code)
-        loaded = generic_source.load(source, trust_remote_code, task_given=task != "auto")
+        loaded = generic_source.load(source, trust_remote_code, task_given=task != "auto", config=config)
         return exporter, why, source, config, loaded
     loaded = model
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -424,31 +424,33 @@ def _generic_path(loaded, source, staging: Path, opset, phases, trust_remote_cod
 
     folder = Path(source.name_or_path) if source.is_local and source.name_or_path else None
     with phases("export", "Exporting with torch.export (inputs from the model, no Optimum config)"):
+        # Where the KV cache was our choice (the user named no task), a model whose cache cannot be
+        # laid out, whose cache export fails or does not run as PyTorch runs is exported without it,
+        # and a warning says why. A task the user named is theirs: the error stands.
+        def plain_plan(note: str):
+            plain = plan_export(loaded, source.task.replace("-with-past", ""),
+                                Preprocessors(folder, trust_remote_code), source.library)
+            plain.notes.append(note)
+            return plain
+
         unlaid = None
         try:
             plan = plan_export(loaded, source.task, Preprocessors(folder, trust_remote_code), source.library,
                                static_shapes)
         except NoCacheLayout as e:
-            if not source.past_chosen:  # the user named the task: the error stands
+            if not source.past_chosen:
                 raise
             # GPTSan: a "ForConditionalGeneration" prefix LM with no encoder / decoder split
-            plan = plan_export(loaded, source.task.replace("-with-past", ""), Preprocessors(folder, trust_remote_code),
-                               source.library)
             unlaid = (f"{str(e).split(';')[0]}: exported without the KV cache (each step runs the whole "
                       "sequence)")
-            plan.notes.append(unlaid)
-        # Where the KV cache was our choice (the user named no task), a decoder whose cache export
-        # fails or does not run as PyTorch runs is exported without it, and a warning says why. A
-        # task the user named is theirs: the error stands.
+            plan = plain_plan(unlaid)
         may_drop_cache = source.past_chosen and plan.layout == "decoder-with-past"
 
         def without_cache(what_happened: str):
             _empty(staging)
-            plain = plan_export(loaded, source.task.replace("-with-past", ""),
-                                Preprocessors(folder, trust_remote_code), source.library)
             note = (f"the export with the KV cache {what_happened}: exported without it (each step runs the whole "
                     f"sequence; --task {source.task} keeps the cache)")
-            plain.notes.append(note)
+            plain = plain_plan(note)
             traced, applied = trace_files(plain, loaded, staging, opset or dynamo_opset_range()[0])
             traced[0].trace_warnings.append(note)  # printed, not only recorded
             return plain, traced, applied

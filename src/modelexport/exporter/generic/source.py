@@ -26,6 +26,7 @@ def resolve(model: str, task: str, library: str, trust_remote_code: bool) -> tup
     else:
         name_or_path = model
     config = load_config(name_or_path, trust_remote_code)
+    model_type = registered_type(config)
     if library == "auto":
         library = "sentence_transformers" if is_local and is_sentence_transformers_folder(path) else "transformers"
     elif library not in GENERIC_LIBRARIES:
@@ -41,13 +42,13 @@ def resolve(model: str, task: str, library: str, trust_remote_code: bool) -> tup
     elif task == "auto":
         task = infer_task(config)
     else:
-        spec_of(task, registered_type(config))  # refuses a task the model type has no head for
-    return ModelSource(name_or_path, is_local, library, task, registered_type(config)), config
+        spec_of(task, model_type)  # refuses a task the model type has no head for
+    return ModelSource(name_or_path, is_local, library, task, model_type), config
 
 
-def load(source: ModelSource, trust_remote_code: bool, task_given: bool):
+def load(source: ModelSource, trust_remote_code: bool, task_given: bool, config=None):
     """The model, loaded once; a generative task gets the KV-cache variant unless the user named
-    the task (as Optimum's CLI does)."""
+    the task (as Optimum's CLI does). ``config``: the one ``resolve`` read (read again if not given)."""
     if source.library == "sentence_transformers":
         try:
             from sentence_transformers import SentenceTransformer
@@ -61,7 +62,7 @@ def load(source: ModelSource, trust_remote_code: bool, task_given: bool):
 
             raise ModelSourceError(explain_load_failure(e, source.name_or_path)) from e
         return model.eval()
-    model = load_model(source.name_or_path, spec_of(source.task, source.model_type), trust_remote_code)
+    model = load_model(source.name_or_path, spec_of(source.task, source.model_type), trust_remote_code, config)
     settle_cache(model, source, task_given)
     return model
 

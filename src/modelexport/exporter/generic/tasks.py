@@ -105,47 +105,40 @@ def accepts_cache(model) -> bool:
     return "past_key_values" in params or "cache" in params
 
 
-def load_model(name_or_path: str, spec: TaskSpec, trust_remote_code: bool):
+def load_model(name_or_path: str, spec: TaskSpec, trust_remote_code: bool, config=None):
     """The model of one head, with transformers' Auto class (safetensors first; pickles only with
-    ``weights_only=True``)."""
+    ``weights_only=True``). ``config``: the folder's, when already read (``load_config``)."""
     import transformers
 
-    from modelexport.exporter.source import explain_load_failure
+    from modelexport.exporter.source import explain_load_failure, load_config, registered_type
 
+    if config is None:
+        config = load_config(name_or_path, trust_remote_code)
+    # a config AutoConfig cannot read itself (its class declares another model_type than its Auto
+    # key: 4.57's Evolla, MLCD) is given; any other is read by from_pretrained as usual
+    given = {"config": config} if registered_type(config) != config.model_type else {}
     auto = getattr(transformers, spec.auto_class)
-    config = _config_auto_cannot_read(name_or_path, trust_remote_code)
     try:
         try:
-            model = auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **config)
+            model = auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **given)
         except ValueError as e:
             # transformers' task mapping names a head its Auto class cannot build from the config
             # (transformers 5's Evolla: AutoModelForImageTextToText refuses EvollaConfig): the
             # head config.architectures names, when that mapping lists it, loaded by its own class
-            head = _listed_head(name_or_path, spec, trust_remote_code) \
-                if "Unrecognized configuration class" in str(e) else None
+            head = _listed_head(config, spec) if "Unrecognized configuration class" in str(e) else None
             if head is None:
                 raise
-            model = head.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **config)
+            model = head.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **given)
     except Exception as e:  # loading third-party weights: every failure is explained to the user
         raise ModelSourceError(explain_load_failure(e, name_or_path)) from e
     return model.eval()
 
 
-def _config_auto_cannot_read(name_or_path: str, trust_remote_code: bool) -> dict:
-    """``{"config": ...}`` where AutoConfig cannot read the folder's config but ``load_config`` can
-    (a class declaring another model_type than its Auto key), else nothing: from_pretrained reads it."""
-    from modelexport.exporter.source import load_config, registered_type
-
-    config = load_config(name_or_path, trust_remote_code)
-    return {"config": config} if registered_type(config) != config.model_type else {}
-
-
-def _listed_head(name_or_path: str, spec: TaskSpec, trust_remote_code: bool):
+def _listed_head(config, spec: TaskSpec):
     """The transformers class of ``config.architectures`` that ``spec``'s mapping lists, or None."""
-    from modelexport.exporter.source import load_config
     import transformers
 
-    architectures = getattr(load_config(name_or_path, trust_remote_code), "architectures", None) or []
+    architectures = getattr(config, "architectures", None) or []
     listed = {c for classes in _names(spec.mapping).values() for c in classes}
     return next((getattr(transformers, a) for a in architectures if a in listed and hasattr(transformers, a)), None)
 
