@@ -595,6 +595,9 @@ def test_a_seq2seq_head_without_an_encoder_decoder_split_is_exported_without_the
     note = ("GPTSanJapaneseForConditionalGeneration has no encoder / decoder split the export knows: "
             "exported without the KV cache (each step runs the whole sequence)")
     assert f"model.onnx: {note}" in result.files[0].warnings and note in meta["generic"]["input_notes"]
+    # its batch loop fixes the batch: said once, as fixed, not again as a range of one size
+    assert any("axis 0 (batch_size) of input input_ids is fixed at 2" in w for w in result.files[0].warnings)
+    assert not any("takes only sizes" in w for w in result.files[0].warnings)
     assert result.files[0].validation["passed"]
     _assert_tags_are_the_parameters_owners(model, tmp_path / "out", result)
     with pytest.raises(ModelExportError, match="export it with --task text2text-generation$"):

@@ -235,7 +235,7 @@ def export_dynamo(module, args: tuple, kwargs: dict | None, path: Path, *, input
         del program
     if not data_files:
         FOLDED_PARAMETERS[str(Path(path).resolve())] = folded_parameters(module, model)
-    narrowed = narrowed_axes(model, ranges, dynamic_axes)
+    narrowed = narrowed_axes(model, ranges, dynamic_axes, {(name, axis) for name, axis, *_ in fixed_by_code})
     _, fixed = name_axes(model, input_names, output_names, dynamic_axes)
     pin_fixed_axes(model, fixed_by_code)
     # The exporter's notes on graph inputs and outputs (torch.export's input kinds, FX names):
@@ -286,19 +286,22 @@ def _input_ranges(program) -> list[dict[int, tuple[int, int | None]]]:
     return found
 
 
-def narrowed_axes(model, ranges: list[dict[int, tuple[int, int | None]]], dynamic_axes: dict | None) -> list[str]:
+def narrowed_axes(model, ranges: list[dict[int, tuple[int, int | None]]], dynamic_axes: dict | None,
+                  fixed: set[tuple[str, int]] = frozenset()) -> list[str]:
     """Declared dynamic input axes the trace kept symbolic but valid only for some sizes: the
     model's code branches on the size (DeepSeek-V4's compressors on whole windows: sequence length
     4 to 7 when traced at 7), and torch.export narrows the symbol's range instead of fixing it. The
     file then fails in the middle of the graph outside that range; said as a warning per axis. A
-    lower bound of 2 or less is torch.export's own (sizes 0 and 1 specialise), not the model's."""
+    lower bound of 2 or less is torch.export's own (sizes 0 and 1 specialise), not the model's.
+    ``fixed``: (input, axis) the trace fixed, already said by ``_fixed_by_the_model``."""
     if not dynamic_axes or len(ranges) != len(model.graph.input):
         return []
     found = []
     for value, axes_ranges in zip(model.graph.input, ranges):
         declared = dynamic_axes.get(value.name) or {}
         for axis, (lower, upper) in axes_ranges.items():
-            if not isinstance(declared, dict) or axis not in declared or (lower <= 2 and upper is None):
+            if not isinstance(declared, dict) or axis not in declared or (lower <= 2 and upper is None) \
+                    or (value.name, axis) in fixed:
                 continue
             sizes = f"{lower} to {upper}" if upper is not None else f"{lower} or more"
             found.append(f"axis {axis} ({declared[axis]}) of input {value.name} takes only sizes {sizes}: the "
